@@ -1,0 +1,224 @@
+/**
+ * Parity against a reference file: run every prompt, compare every tensor the reference
+ * has, and report max |Δ| per tensor kind with a pass/fail under
+ *
+ *   |Δ| ≤ atol + rtol · max|ref|      (per tensor; the golden README's rule)
+ *
+ * Generated ids and Mixtral expert choices must match exactly: the references were drawn
+ * with a margin ≥ 2e-3 on every choice, so a flip is a real difference.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { Reference, type RefTensor } from '../io/reference.js';
+import { routeToken } from '../model/moe.js';
+import { disposeResult, type Transformer } from '../model/transformer.js';
+import { runWithCache } from './activations.js';
+
+export interface ParityOptions {
+  readonly atol?: number;
+  readonly rtol?: number;
+  /** Called once per prompt, for progress. */
+  readonly onPrompt?: (name: string, index: number, total: number) => void;
+}
+
+export interface PromptParity {
+  readonly name: string;
+  readonly length: number;
+  readonly max_abs_diff: Record<string, number>;
+  readonly generated_ids_equal?: boolean;
+  readonly expert_choices_equal?: boolean;
+}
+
+export interface ParityReport {
+  readonly pass: boolean;
+  readonly model: string;
+  readonly reference: string;
+  readonly backend: string;
+  readonly atol: number;
+  readonly rtol: number;
+  /** Tensor kinds compared (plus the exact checks generated_ids, expert_choices). */
+  readonly checked: string[];
+  /** Kind → max |Δ| over all prompts (and layers). */
+  readonly max_abs_diff: Record<string, number>;
+  /** Kind → the largest allowed |Δ| among the compared tensors. */
+  readonly tolerance: Record<string, number>;
+  /** Kinds whose tolerance was exceeded, and exact checks that failed. */
+  readonly failures: string[];
+  /** max |Δ| of each layer's output (over prompts). */
+  readonly per_layer: number[];
+  /** First layer whose output is beyond tolerance, or null. */
+  readonly first_divergent_layer: number | null;
+  readonly prompts: PromptParity[];
+}
+
+/** Layer-0 debug tensors of the reference ↔ hook points (reshaped to the reference's layout). */
+const DEBUG_HOOKS: Record<string, string> = {
+  attn_norm: 'blocks.0.ln1.hook_normalized',
+  q: 'blocks.0.attn.hook_q',
+  k: 'blocks.0.attn.hook_k',
+  v: 'blocks.0.attn.hook_v',
+  q_rope: 'blocks.0.attn.hook_rot_q',
+  k_rope: 'blocks.0.attn.hook_rot_k',
+  attn_probs: 'blocks.0.attn.hook_pattern',
+  attn_out: 'blocks.0.attn.hook_z',
+  attn_residual: 'blocks.0.hook_resid_mid',
+  ffn_norm: 'blocks.0.ln2.hook_normalized',
+  ffn_out: 'blocks.0.hook_mlp_out',
+};
+
+/** Our hook tensor in the reference's layout: [tokens, heads·headDim] or [heads, tokens, headDim]. */
+function debugLayout(kind: string, t: tf.Tensor): tf.Tensor {
+  if (kind === 'q_rope' || kind === 'k_rope') return tf.transpose(t, [1, 0, 2]);
+  if (t.rank === 3 && kind !== 'attn_probs') return tf.reshape(t, [t.shape[0]!, -1]);
+  return t;
+}
+
+export function maxAbsDiff(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (ours.length !== ref.length) return Infinity;
+  let m = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(ours[i]! - ref[i]!);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** Greedy decoding as transformers' generate(): prefill the prompt, then one token at a time. */
+export function greedySteps(model: Transformer, prompt: readonly number[], steps: number): { ids: number[]; logits: Float32Array } {
+  const cache = model.createCache();
+  const vocab = model.config.vocabSize;
+  const logits = new Float32Array(steps * vocab);
+  const ids: number[] = [];
+  try {
+    let input = [...prompt];
+    for (let s = 0; s < steps; s++) {
+      const r = model.forward(input, { cache, lastOnly: true });
+      const row = r.logits.dataSync() as Float32Array;
+      disposeResult(r);
+      logits.set(row, s * vocab);
+      let best = 0;
+      for (let i = 1; i < vocab; i++) if (row[i]! > row[best]!) best = i;
+      ids.push(best);
+      input = [best];
+    }
+  } finally {
+    cache.dispose();
+  }
+  return { ids, logits };
+}
+
+/** Compares `model` with every prompt of `ref`. */
+export function checkParity(model: Transformer, ref: Reference, opts: ParityOptions = {}): ParityReport {
+  const atol = opts.atol ?? 5e-5;
+  const rtol = opts.rtol ?? 1e-6;
+  const maxDiff: Record<string, number> = {};
+  const tolerance: Record<string, number> = {};
+  const failures = new Set<string>();
+  const perLayer: number[] = new Array<number>(model.config.numLayers).fill(0);
+  let firstDivergent: number | null = null;
+  const prompts: PromptParity[] = [];
+
+  const compare = (kind: string, ours: ArrayLike<number>, oursShape: readonly number[], expected: RefTensor, into: Record<string, number>): number => {
+    const d = sameShape(oursShape, expected.shape) ? maxAbsDiff(ours, expected.data) : Infinity;
+    const tol = atol + rtol * maxAbs(expected.data);
+    maxDiff[kind] = Math.max(maxDiff[kind] ?? 0, d);
+    into[kind] = Math.max(into[kind] ?? 0, d);
+    tolerance[kind] = Math.max(tolerance[kind] ?? 0, tol);
+    if (!(d <= tol)) failures.add(kind);
+    return d <= tol ? d : Infinity;
+  };
+
+  ref.prompts.forEach((p, index) => {
+    opts.onPrompt?.(p.name, index, ref.prompts.length);
+    const diffs: Record<string, number> = {};
+    const t = p.tensors;
+    const debugNames = Object.keys(t.debug_layer0 ?? {}).filter((k) => DEBUG_HOOKS[k] !== undefined);
+    const { result, cache } = runWithCache(model, p.input_ids, {
+      hiddenStates: true,
+      names: debugNames.map((k) => DEBUG_HOOKS[k]!),
+    });
+    try {
+      compare('logits', result.logits.dataSync(), result.logits.shape, ref.tensor(t.logits), diffs);
+      if (t.embeddings) compare('embeddings', result.embeddings!.dataSync(), result.embeddings!.shape, ref.tensor(t.embeddings), diffs);
+      (t.layer_out ?? []).forEach((name, l) => {
+        const out = result.layerOutputs![l];
+        const expected = ref.tensor(name);
+        const before = diffs.layer_out ?? 0;
+        const within = out === undefined ? Infinity : compare('layer_out', out.dataSync(), out.shape, expected, diffs);
+        const d = out === undefined ? Infinity : maxAbsDiff(out.dataSync(), expected.data);
+        perLayer[l] = Math.max(perLayer[l] ?? 0, d);
+        if (within === Infinity && (firstDivergent === null || l < firstDivergent)) firstDivergent = l;
+        if (out === undefined) { diffs.layer_out = Infinity; maxDiff.layer_out = Infinity; failures.add('layer_out'); }
+        void before;
+      });
+      if (t.final_norm) compare('final_norm', result.finalNorm!.dataSync(), result.finalNorm!.shape, ref.tensor(t.final_norm), diffs);
+      for (const kind of debugNames) {
+        const ours = tf.tidy(() => debugLayout(kind, cache.get(DEBUG_HOOKS[kind]!)));
+        compare(`debug.layer0.${kind}`, ours.dataSync(), ours.shape, ref.tensor(t.debug_layer0![kind]!), diffs);
+        ours.dispose();
+      }
+      let expertsEqual: boolean | undefined;
+      if (t.router_logits) {
+        const routing = result.routing ?? [];
+        expertsEqual = routing.length === t.router_logits.length;
+        t.router_logits.forEach((name, l) => {
+          const r = routing[l];
+          const expected = ref.tensor(name);
+          if (r === undefined) { failures.add('router_logits'); return; }
+          compare('router_logits', r.logits, [p.input_ids.length, r.numExperts], expected, diffs);
+          for (let tok = 0; tok < p.input_ids.length; tok++) {
+            const want = routeToken(expected.data.subarray(tok * r.numExperts, (tok + 1) * r.numExperts), r.k).experts;
+            const got = Array.from(r.experts.subarray(tok * r.k, (tok + 1) * r.k));
+            if (want.some((e, i) => e !== got[i])) expertsEqual = false;
+          }
+        });
+        if (!expertsEqual) failures.add('expert_choices');
+      }
+      let idsEqual: boolean | undefined;
+      if (p.greedy) {
+        const g = greedySteps(model, p.input_ids, p.greedy.generated_ids.length);
+        compare('step_logits', g.logits, [g.ids.length, model.config.vocabSize], ref.tensor(p.greedy.step_logits), diffs);
+        idsEqual = g.ids.length === p.greedy.generated_ids.length && g.ids.every((id, i) => id === p.greedy!.generated_ids[i]);
+        if (!idsEqual) failures.add('generated_ids');
+      }
+      prompts.push({
+        name: p.name,
+        length: p.input_ids.length,
+        max_abs_diff: diffs,
+        ...(idsEqual === undefined ? {} : { generated_ids_equal: idsEqual }),
+        ...(expertsEqual === undefined ? {} : { expert_choices_equal: expertsEqual }),
+      });
+    } finally {
+      disposeResult(result);
+      cache.dispose();
+    }
+  });
+
+  const checked = Object.keys(maxDiff);
+  if (prompts.some((p) => p.generated_ids_equal !== undefined)) checked.push('generated_ids');
+  if (prompts.some((p) => p.expert_choices_equal !== undefined)) checked.push('expert_choices');
+  return {
+    pass: failures.size === 0,
+    model: model.checkpoint.dir,
+    reference: ref.file,
+    backend: tf.getBackend(),
+    atol,
+    rtol,
+    checked,
+    max_abs_diff: maxDiff,
+    tolerance,
+    failures: [...failures],
+    per_layer: perLayer,
+    first_divergent_layer: firstDivergent,
+    prompts,
+  };
+}

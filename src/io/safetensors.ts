@@ -1,0 +1,296 @@
+/**
+ * A validating, positional safetensors reader.
+ *
+ * Why it is written here: the npm package `safetensors` reads the whole file into one
+ * buffer and checks nothing. Real shards are 5–10 GB (Node caps a Buffer at 4 GiB) and a
+ * file from the internet must not be trusted, so this reader parses and validates the
+ * header once, then reads each tensor by byte range with positional reads.
+ *
+ * Format (https://github.com/huggingface/safetensors):
+ *
+ *   [8 bytes: N, little-endian u64] [N bytes: JSON header] [data buffer]
+ *
+ * The header maps tensor names to `{dtype, shape, data_offsets: [begin, end]}` with offsets
+ * relative to the data buffer, plus an optional `__metadata__` string→string map. The
+ * buffer must be covered exactly: tensors contiguous, in offset order, no gaps, no overlap.
+ */
+import * as fs from 'node:fs';
+import { SafetensorsFormatError } from './errors.js';
+
+/** Bytes per element of every dtype the format defines. */
+export const DTYPE_SIZES: Readonly<Record<string, number>> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2,
+  I64: 8, I32: 4, I16: 2, I8: 1,
+  U64: 8, U32: 4, U16: 2, U8: 1,
+  BOOL: 1, F8_E4M3: 1, F8_E5M2: 1,
+};
+
+/** The dtypes this reader converts to float32 (exactly: each is a subset of float32). */
+export const FLOAT_DTYPES = ['F32', 'F16', 'BF16'] as const;
+export type FloatDType = (typeof FLOAT_DTYPES)[number];
+
+/** Headers above this size are refused before being read (the format's own limit). */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+/** One entry of a safetensors header, with offsets made absolute in the file. */
+export interface TensorInfo {
+  readonly name: string;
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  /** Absolute byte range [begin, end) in the file. */
+  readonly begin: number;
+  readonly end: number;
+  readonly file: string;
+}
+
+/** Reads at most this many bytes per `readSync` call (the syscall caps one read near 2 GiB). */
+const READ_CHUNK = 1 << 28;
+
+export class SafetensorsFile {
+  readonly path: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Tensors in file order. */
+  readonly tensors: ReadonlyMap<string, TensorInfo>;
+  /** Size of the file in bytes. */
+  readonly byteLength: number;
+  private fd: number | null;
+
+  private constructor(path: string, fd: number, byteLength: number,
+    metadata: Record<string, string>, tensors: Map<string, TensorInfo>) {
+    this.path = path;
+    this.fd = fd;
+    this.byteLength = byteLength;
+    this.metadata = metadata;
+    this.tensors = tensors;
+  }
+
+  /** Opens and validates a file; reads only its header. */
+  static open(path: string): SafetensorsFile {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'r');
+    } catch (e) {
+      throw new SafetensorsFormatError(path, `cannot open: ${(e as Error).message}`);
+    }
+    try {
+      const size = fs.fstatSync(fd).size;
+      const { metadata, tensors } = readHeader(path, fd, size);
+      return new SafetensorsFile(path, fd, size, metadata, tensors);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (t === undefined) throw new SafetensorsFormatError(this.path, 'no such tensor in this file', name);
+    return t;
+  }
+
+  /** The raw bytes of one tensor, read by byte range. */
+  readBytes(name: string): Uint8Array {
+    const t = this.info(name);
+    return this.readRange(t.begin, t.end - t.begin, name);
+  }
+
+  /**
+   * Reads `count` elements starting at element `start` of a tensor (row slices of an
+   * embedding, say) and converts them to float32.
+   */
+  readFloat32(name: string, start = 0, count?: number): Float32Array {
+    const t = this.info(name);
+    const size = DTYPE_SIZES[t.dtype]!;
+    const total = (t.end - t.begin) / size;
+    const n = count ?? total - start;
+    if (start < 0 || n < 0 || start + n > total) {
+      throw new SafetensorsFormatError(this.path, `element range ${start}+${n} outside 0..${total}`, name);
+    }
+    if (!(FLOAT_DTYPES as readonly string[]).includes(t.dtype)) {
+      throw new SafetensorsFormatError(this.path,
+        `dtype ${t.dtype} is not supported (expected one of ${FLOAT_DTYPES.join(', ')})`, name);
+    }
+    const bytes = this.readRange(t.begin + start * size, n * size, name);
+    return toFloat32(bytes, t.dtype as FloatDType);
+  }
+
+  close(): void {
+    if (this.fd !== null) {
+      fs.closeSync(this.fd);
+      this.fd = null;
+    }
+  }
+
+  private readRange(position: number, length: number, tensor: string): Uint8Array {
+    if (this.fd === null) throw new SafetensorsFormatError(this.path, 'file already closed', tensor);
+    // A fresh ArrayBuffer keeps the result aligned for typed-array views.
+    const out = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(this.fd, out, done, Math.min(READ_CHUNK, length - done), position + done);
+      if (n === 0) throw new SafetensorsFormatError(this.path, `file ended while reading ${length} bytes at ${position}`, tensor);
+      done += n;
+    }
+    return out;
+  }
+}
+
+/** Converts little-endian F32/F16/BF16 bytes to float32, exactly. */
+export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
+  if (dtype === 'F32') {
+    return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).slice();
+  }
+  const n = bytes.byteLength / 2;
+  const halves = bytes.byteOffset % 2 === 0
+    ? new Uint16Array(bytes.buffer, bytes.byteOffset, n)
+    : new Uint16Array(bytes.slice().buffer);
+  const out = new Float32Array(n);
+  if (dtype === 'BF16') {
+    // bf16 is the top half of a float32: shifting the bits back is exact.
+    const bits = new Uint32Array(out.buffer);
+    for (let i = 0; i < n; i++) bits[i] = halves[i]! << 16;
+  } else {
+    for (let i = 0; i < n; i++) out[i] = halfToFloat(halves[i]!);
+  }
+  return out;
+}
+
+/** IEEE 754 binary16 → number (every half is exactly representable in float32). */
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24; // subnormal or zero
+  if (exp === 31) return frac === 0 ? sign * Infinity : NaN;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+function readHeader(path: string, fd: number, size: number) {
+  const fail = (msg: string, tensor?: string): never => {
+    throw new SafetensorsFormatError(path, msg, tensor);
+  };
+  if (size < 8) fail(`file is ${size} bytes, too short for the 8-byte header length`);
+  const lenBytes = Buffer.alloc(8);
+  fs.readSync(fd, lenBytes, 0, 8, 0);
+  const headerLen = lenBytes.readBigUInt64LE(0);
+  if (headerLen > BigInt(MAX_HEADER_BYTES)) {
+    fail(`header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+  }
+  const n = Number(headerLen);
+  if (8 + n > size) fail(`header length ${n} runs past the end of the file (${size} bytes)`);
+  if (n < 2) fail(`header length ${n} is too short for a JSON object`);
+
+  const raw = Buffer.alloc(n);
+  fs.readSync(fd, raw, 0, n, 8);
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
+  } catch {
+    return fail('header is not valid UTF-8');
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(text);
+  } catch (e) {
+    return fail(`header is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    fail('header is not a JSON object');
+  }
+  const dup = firstDuplicateTopLevelKey(text);
+  if (dup !== null) fail('tensor name appears twice in the header', dup);
+
+  const dataStart = 8 + n;
+  const dataLen = size - dataStart;
+  const entries: TensorInfo[] = [];
+  let metadata: Record<string, string> = {};
+  for (const [name, value] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      metadata = parseMetadata(value, fail);
+      continue;
+    }
+    entries.push(parseEntry(name, value, dataStart, path, fail));
+  }
+
+  // The data buffer must be covered exactly, in offset order.
+  entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let cursor = dataStart;
+  for (const t of entries) {
+    if (t.begin < cursor) fail(`data_offsets overlap the previous tensor (starts at ${t.begin - dataStart}, previous ends at ${cursor - dataStart})`, t.name);
+    if (t.begin > cursor) fail(`gap in the data buffer before this tensor (starts at ${t.begin - dataStart}, previous ends at ${cursor - dataStart})`, t.name);
+    cursor = t.end;
+  }
+  if (cursor - dataStart !== dataLen) {
+    fail(cursor - dataStart > dataLen
+      ? `tensors need ${cursor - dataStart} data bytes but the file has ${dataLen} (truncated?)`
+      : `${dataLen - (cursor - dataStart)} trailing bytes after the last tensor`);
+  }
+  // Keep file order (offset order): sequential reads are the fast path for streaming.
+  return { metadata, tensors: new Map(entries.map((t) => [t.name, t])) };
+}
+
+function parseMetadata(value: unknown, fail: (m: string, t?: string) => never): Record<string, string> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('__metadata__ is not an object');
+  for (const [k, v] of Object.entries(value as object)) {
+    if (typeof v !== 'string') fail(`__metadata__.${k} is not a string`);
+  }
+  return value as Record<string, string>;
+}
+
+function parseEntry(name: string, value: unknown, dataStart: number, path: string,
+  fail: (m: string, t?: string) => never): TensorInfo {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('entry is not an object', name);
+  const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
+  if (typeof dtype !== 'string') fail('dtype missing or not a string', name);
+  const size = DTYPE_SIZES[dtype as string];
+  if (size === undefined) fail(`unknown dtype ${JSON.stringify(dtype)}`, name);
+  const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+  if (!Array.isArray(shape) || !shape.every(isCount)) fail(`shape ${JSON.stringify(shape)} is not a list of non-negative integers`, name);
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
+    fail(`data_offsets ${JSON.stringify(offsets)} is not [begin, end]`, name);
+  }
+  const [begin, end] = offsets as [number, number];
+  if (end < begin) fail(`data_offsets [${begin}, ${end}] end before they begin`, name);
+  const elements = (shape as number[]).reduce((a, b) => a * b, 1);
+  const expected = elements * size!;
+  if (!Number.isSafeInteger(expected) || end - begin !== expected) {
+    fail(`byte count ${end - begin} does not match shape [${(shape as number[]).join(', ')}] × ${dtype} (${expected} bytes)`, name);
+  }
+  return { name, dtype: dtype as string, shape: shape as number[], begin: dataStart + begin, end: dataStart + end, file: path };
+}
+
+/**
+ * JSON.parse keeps the last of two equal keys silently; a header naming a tensor twice
+ * is ambiguous, so scan the top-level keys ourselves. Returns the first duplicate or null.
+ */
+export function firstDuplicateTopLevelKey(json: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (j < json.length && json[j] !== '"') j += json[j] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) {
+        const key = JSON.parse(json.slice(i, j + 1)) as string;
+        if (seen.has(key)) return key;
+        seen.add(key);
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      if (depth === 1) expectKey = true;
+    } else if (c === '}' || c === ']') {
+      depth--;
+    } else if (c === ',' && depth === 1) {
+      expectKey = true;
+    }
+  }
+  return null;
+}

@@ -1,0 +1,59 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { linear, type Linear } from '../kernels/linear.js';
+import type { LayerCache } from './cache.js';
+import type { ModelConfig } from './config.js';
+import type { HookScope } from './hooks.js';
+import { maskBias } from './mask.js';
+import { applyRope, type RopeTables } from './rope.js';
+
+export interface AttentionWeights {
+  readonly q: Linear; // [heads·headDim, hidden]
+  readonly k: Linear; // [kvHeads·headDim, hidden]
+  readonly v: Linear;
+  readonly o: Linear; // [hidden, heads·headDim]
+}
+
+/**
+ * Causal self-attention with grouped-query heads, RoPE and the sliding window.
+ *
+ * Grouped-query attention (Ainslie et al. 2023): `heads / kvHeads` consecutive query heads
+ * share one key/value head, so query head h reads kv head ⌊h / group⌋. Rather than copy
+ * each kv head `group` times, the query heads of a group are stacked along the sequence
+ * axis and multiplied by their shared keys at once.
+ *
+ * @param x [tokens, hidden], already normalised
+ * @param positions absolute position of each token
+ * @param cache this layer's cache, or null for a plain full-sequence forward
+ * @returns [tokens, hidden], the output projection (before the residual add)
+ */
+export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig, rope: RopeTables,
+  positions: readonly number[], cache: LayerCache | null, hook: HookScope): tf.Tensor2D {
+  const T = x.shape[0];
+  const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
+  const group = H / KV;
+
+  const q = hook('attn.hook_q', tf.reshape<tf.Rank.R3>(linear(x, w.q), [T, H, D])); // [tokens, heads, headDim]
+  const k = hook('attn.hook_k', tf.reshape<tf.Rank.R3>(linear(x, w.k), [T, KV, D])); // [tokens, kvHeads, headDim]
+  const v = hook('attn.hook_v', tf.reshape<tf.Rank.R3>(linear(x, w.v), [T, KV, D]));
+  const qRot = hook('attn.hook_rot_q', applyRope(q, rope));
+  const kRot = hook('attn.hook_rot_k', applyRope(k, rope));
+
+  // Heads first for the matrix products.
+  const newK = tf.transpose(kRot, [1, 0, 2]) as tf.Tensor3D; // [kvHeads, tokens, headDim]
+  const newV = tf.transpose(v, [1, 0, 2]) as tf.Tensor3D;
+  const seen = cache === null
+    ? { k: newK, v: newV, positions }
+    : cache.update(newK, newV, positions); // keys: [kvHeads, keys, headDim]
+  const S = seen.positions.length;
+
+  // [heads, tokens, headDim] → [kvHeads, group·tokens, headDim]: a group's queries side by side.
+  const qGrouped = tf.reshape(tf.transpose(qRot, [1, 0, 2]), [KV, group * T, D]);
+  const rawScores = tf.div(tf.matMul(qGrouped, seen.k, false, true), Math.sqrt(D)); // [kvHeads, group·tokens, keys]
+  const bias = tf.tensor2d(maskBias(positions, seen.positions, cfg.slidingWindow), [T, S]);
+  const scores = hook('attn.hook_attn_scores', tf.add<tf.Tensor3D>(tf.reshape(rawScores, [H, T, S]), bias)); // [heads, tokens, keys]
+  const pattern = hook('attn.hook_pattern', tf.softmax<tf.Tensor3D>(scores)); // softmax over keys
+
+  const mixed = tf.matMul(tf.reshape(pattern, [KV, group * T, S]), seen.v); // [kvHeads, group·tokens, headDim]
+  const z = hook('attn.hook_z', tf.transpose<tf.Tensor3D>(tf.reshape(mixed, [H, T, D]), [1, 0, 2])); // [tokens, heads, headDim]
+  return linear(tf.reshape<tf.Rank.R2>(z, [T, H * D]), w.o);
+}

@@ -1,0 +1,150 @@
+/**
+ * The whole model: embed → decoder layers → final RMSNorm → unembedding.
+ *
+ * One forward serves parity tests, generation (with a cache) and stepping through layers
+ * (with hooks): there is no second debug copy of the model.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { openCheckpoint, type Checkpoint } from '../io/checkpoint.js';
+import { linear } from '../kernels/linear.js';
+import { decoderBlock } from './block.js';
+import { ModelCache } from './cache.js';
+import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
+import { InputError } from './errors.js';
+import { hookPoint, hookScope, type Hooks } from './hooks.js';
+import type { Routing } from './moe.js';
+import { rmsNorm } from './rmsnorm.js';
+import { ropeTables } from './rope.js';
+import { ModelWeights, tensorSource, validateTensors, type Residency } from './weights.js';
+
+export interface LoadOptions {
+  /** `eager` (default) holds every weight as float32; `stream` reads each layer when needed. */
+  readonly weights?: Residency;
+  /** Replaces config values after parsing (experiments, e.g. a smaller sliding window). */
+  readonly overrides?: Partial<ModelConfig>;
+}
+
+export interface ForwardOptions {
+  /** Continue from this cache (positions start at cache.length); it is updated in place. */
+  readonly cache?: ModelCache;
+  readonly hooks?: Hooks;
+  /** Also return embeddings, every layer's output and the final-norm output. */
+  readonly hiddenStates?: boolean;
+  /** Compute logits for the last position only (generation). Default: every position. */
+  readonly lastOnly?: boolean;
+}
+
+export interface ForwardResult {
+  /** [tokens, vocab], or [1, vocab] with lastOnly. */
+  readonly logits: tf.Tensor2D;
+  /** [tokens, hidden] each, with hiddenStates. */
+  readonly embeddings?: tf.Tensor2D;
+  readonly layerOutputs?: tf.Tensor2D[];
+  readonly finalNorm?: tf.Tensor2D;
+  /** Mixtral: the routing of every layer. */
+  readonly routing?: Routing[];
+}
+
+/** Disposes every tensor of a ForwardResult. */
+export function disposeResult(r: ForwardResult): void {
+  tf.dispose([r.logits, ...(r.embeddings ? [r.embeddings] : []), ...(r.layerOutputs ?? []), ...(r.finalNorm ? [r.finalNorm] : [])]);
+}
+
+export class Transformer {
+  private constructor(readonly config: ModelConfig, readonly weights: ModelWeights, readonly checkpoint: Checkpoint) {}
+
+  /** Loads an HF (single or sharded) or native checkpoint folder. */
+  static load(dir: string, opts: LoadOptions = {}): Transformer {
+    const ckpt = openCheckpoint(dir);
+    try {
+      const parsed = ckpt.layout === 'native'
+        ? parseNativeParams(ckpt.configJson, ckpt.configFile)
+        : parseHfConfig(ckpt.configJson, ckpt.configFile);
+      const config: ModelConfig = Object.freeze({ ...parsed, ...opts.overrides });
+      const src = tensorSource(ckpt, config);
+      validateTensors(ckpt, config, src);
+      return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager'), ckpt);
+    } catch (e) {
+      ckpt.store.close();
+      throw e;
+    }
+  }
+
+  /** A fresh cache: rolling W slots per layer with a sliding window, else a growing one. */
+  createCache(): ModelCache {
+    return new ModelCache(this.config.numLayers, this.config.slidingWindow);
+  }
+
+  /**
+   * Runs `ids` through the model. The caller disposes the result (`disposeResult`).
+   * @param ids token ids, [tokens]
+   */
+  forward(ids: readonly number[], opts: ForwardOptions = {}): ForwardResult {
+    const c = this.config;
+    const start = opts.cache?.length ?? 0;
+    this.checkIds(ids, start);
+    const positions = ids.map((_, t) => start + t);
+    const keep = opts.hiddenStates === true;
+    const hooks = opts.hooks;
+    const w = this.weights;
+
+    const embeddings = tf.tidy(() => hookPoint(hooks, 'hook_embed', w.embed(ids))); // [tokens, hidden]
+    const rope = ropeTables(positions, c.headDim, c.ropeTheta);
+    const layerOutputs: tf.Tensor2D[] = [];
+    const routing: Routing[] = [];
+    let x = embeddings;
+    try {
+      for (let l = 0; l < c.numLayers; l++) {
+        const input = x;
+        x = tf.tidy(() => {
+          const r = decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`));
+          if (r.routing) routing.push(r.routing);
+          return r.out;
+        });
+        w.releaseLayer(l);
+        if (keep) layerOutputs.push(x);
+        else input.dispose();
+      }
+      const head = tf.tidy(() => {
+        const normed = hookPoint(hooks, 'ln_final.hook_normalized', rmsNorm(x, w.finalNorm(), c.rmsNormEps));
+        const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
+        const logits = hookPoint(hooks, 'hook_logits', linear(last, w.lmHead())); // [tokens, vocab]
+        return keep ? { logits, finalNorm: normed } : { logits };
+      });
+      w.releaseHead();
+      if (opts.cache) opts.cache.length += ids.length;
+      if (!keep) x.dispose();
+      return {
+        logits: head.logits,
+        ...(keep ? { embeddings, layerOutputs, finalNorm: head.finalNorm } : {}),
+        ...(routing.length > 0 ? { routing } : {}),
+      };
+    } catch (e) {
+      tf.dispose([x, ...layerOutputs, embeddings]);
+      throw e;
+    } finally {
+      tf.dispose([rope.cos, rope.sin]);
+    }
+  }
+
+  /** Frees every weight tensor and closes the checkpoint files. */
+  dispose(): void {
+    this.weights.dispose();
+    this.checkpoint.store.close();
+  }
+
+  private checkIds(ids: readonly number[], start: number): void {
+    const c = this.config;
+    if (ids.length === 0) throw new InputError('empty input: at least one token id is needed');
+    ids.forEach((id, i) => {
+      if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) {
+        throw new InputError(`token id ${id} at index ${i} is outside the vocabulary [0, ${c.vocabSize})`);
+      }
+    });
+    const end = start + ids.length;
+    if (c.slidingWindow === null && c.maxPositionEmbeddings !== null && end > c.maxPositionEmbeddings) {
+      throw new InputError(`sequence of ${end} tokens exceeds max_position_embeddings ${c.maxPositionEmbeddings} ` +
+        `(this model has no sliding window to roll over)`);
+    }
+  }
+}
