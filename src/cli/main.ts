@@ -5,7 +5,7 @@
 import { isUserError } from './errors.js';
 import { processIO, type CliIO, type Command } from './io.js';
 
-/** Command name → one-line summary; each lives in ./commands/<name>.ts. */
+/** Command name → one-line summary. */
 export const COMMANDS: Readonly<Record<string, string>> = {
   demo: 'run the bundled demo model: a prompt, layer by layer, with its parity',
   parity: 'compare a checkpoint with a reference file (logits, hidden states, generation)',
@@ -15,6 +15,18 @@ export const COMMANDS: Readonly<Record<string, string>> = {
   trace: 'per-layer table and pictures (attention, routing, logit lens) for a prompt',
   inspect: 'describe a checkpoint: layout, config, tensors, memory',
   synth: 'write a synthetic full-size checkpoint (Mistral 7B, Mixtral 8x7B shapes)',
+};
+
+/** Each command lives in ./commands/<name>.ts and is loaded only when run. */
+const LOADERS: Readonly<Record<string, () => Promise<Command>>> = {
+  demo: () => import('./commands/demo.js'),
+  parity: () => import('./commands/parity.js'),
+  generate: () => import('./commands/generate.js'),
+  tokenize: () => import('./commands/tokenize.js'),
+  chat: () => import('./commands/chat.js'),
+  trace: () => import('./commands/trace.js'),
+  inspect: () => import('./commands/inspect.js'),
+  synth: () => import('./commands/synth.js'),
 };
 
 function help(): string {
@@ -45,7 +57,7 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     return 2;
   }
   try {
-    const command = (await import(`./commands/${name}.js`)) as Command;
+    const command = await LOADERS[name]!();
     if (args.includes('--help') || args.includes('-h')) {
       io.stdout(command.usage.endsWith('\n') ? command.usage : command.usage + '\n');
       return 0;

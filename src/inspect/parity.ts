@@ -8,6 +8,7 @@
  * with a margin ≥ 2e-3 on every choice, so a flip is a real difference.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { CheckpointError } from '../io/errors.js';
 import { Reference, type RefTensor } from '../io/reference.js';
 import { routeToken } from '../model/moe.js';
 import { disposeResult, type Transformer } from '../model/transformer.js';
@@ -116,8 +117,28 @@ export function greedySteps(model: Transformer, prompt: readonly number[], steps
   return { ids, logits };
 }
 
+/**
+ * A reference made for another model is bad input, not a parity failure: compare the sizes
+ * its `config` records (when it has one) with the model's.
+ */
+function checkSameShape(model: Transformer, ref: Reference): void {
+  const rc = ref.json.config as Record<string, unknown> | undefined;
+  if (rc === undefined || typeof rc !== 'object') return;
+  const c = model.config;
+  const pairs: Array<[string, unknown, number]> = [
+    ['vocab_size', rc.vocab_size, c.vocabSize],
+    ['hidden_size', rc.hidden_size, c.hiddenSize],
+    ['num_hidden_layers', rc.num_hidden_layers, c.numLayers],
+  ];
+  const off = pairs.filter(([, want, got]) => want !== undefined && want !== got);
+  if (off.length > 0) {
+    throw new CheckpointError(ref.file, `reference is for another model: ${off.map(([k, want, got]) => `${k} ${String(want)} in the reference, ${got} in ${model.checkpoint.dir}`).join('; ')}`);
+  }
+}
+
 /** Compares `model` with every prompt of `ref`. */
 export function checkParity(model: Transformer, ref: Reference, opts: ParityOptions = {}): ParityReport {
+  checkSameShape(model, ref);
   const atol = opts.atol ?? 5e-5;
   const rtol = opts.rtol ?? 1e-6;
   const maxDiff: Record<string, number> = {};
@@ -127,14 +148,17 @@ export function checkParity(model: Transformer, ref: Reference, opts: ParityOpti
   let firstDivergent: number | null = null;
   const prompts: PromptParity[] = [];
 
-  const compare = (kind: string, ours: ArrayLike<number>, oursShape: readonly number[], expected: RefTensor, into: Record<string, number>): number => {
+  /** Records max |Δ| of one tensor under `kind`; returns its max |Δ| and whether it is within tolerance. */
+  const compare = (kind: string, ours: ArrayLike<number>, oursShape: readonly number[], expected: RefTensor,
+    into: Record<string, number>): { d: number; ok: boolean } => {
     const d = sameShape(oursShape, expected.shape) ? maxAbsDiff(ours, expected.data) : Infinity;
     const tol = atol + rtol * maxAbs(expected.data);
     maxDiff[kind] = Math.max(maxDiff[kind] ?? 0, d);
     into[kind] = Math.max(into[kind] ?? 0, d);
     tolerance[kind] = Math.max(tolerance[kind] ?? 0, tol);
-    if (!(d <= tol)) failures.add(kind);
-    return d <= tol ? d : Infinity;
+    const ok = d <= tol;
+    if (!ok) failures.add(kind);
+    return { d, ok };
   };
 
   ref.prompts.forEach((p, index) => {
@@ -152,13 +176,12 @@ export function checkParity(model: Transformer, ref: Reference, opts: ParityOpti
       (t.layer_out ?? []).forEach((name, l) => {
         const out = result.layerOutputs![l];
         const expected = ref.tensor(name);
-        const before = diffs.layer_out ?? 0;
-        const within = out === undefined ? Infinity : compare('layer_out', out.dataSync(), out.shape, expected, diffs);
-        const d = out === undefined ? Infinity : maxAbsDiff(out.dataSync(), expected.data);
+        const { d, ok } = out === undefined ? { d: Infinity, ok: false } : compare('layer_out', out.dataSync(), out.shape, expected, diffs);
         perLayer[l] = Math.max(perLayer[l] ?? 0, d);
-        if (within === Infinity && (firstDivergent === null || l < firstDivergent)) firstDivergent = l;
-        if (out === undefined) { diffs.layer_out = Infinity; maxDiff.layer_out = Infinity; failures.add('layer_out'); }
-        void before;
+        if (!ok) {
+          failures.add('layer_out');
+          if (firstDivergent === null || l < firstDivergent) firstDivergent = l;
+        }
       });
       if (t.final_norm) compare('final_norm', result.finalNorm!.dataSync(), result.finalNorm!.shape, ref.tensor(t.final_norm), diffs);
       for (const kind of debugNames) {

@@ -1,7 +1,6 @@
 /**
  * Reference files (schema `mistral-golden-ref/1`): a JSON of prompts and expected
- * generations, plus a safetensors file of float32 tensors next to it. See
- * fixtures/README.md (a copy of the golden README) for every field.
+ * generations, plus a safetensors file of float32 tensors next to it. The golden data's README documents every field.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';

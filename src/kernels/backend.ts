@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
+import { createRequire } from 'node:module';
 
 export const BACKENDS = ['cpu', 'wasm', 'tensorflow'] as const;
 export type BackendName = (typeof BACKENDS)[number];
@@ -31,16 +32,18 @@ export async function useBackend(name: BackendName): Promise<void> {
 }
 
 async function importTensorflowBackend(): Promise<void> {
-  // Imported by a variable name so that tsc does not look for these optional peers.
+  const require = createRequire(import.meta.url);
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      require.resolve(pkg);
+    } catch {
+      continue; // not installed: try the next one
+    }
     try {
       await import(pkg);
       return;
     } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code !== 'ERR_MODULE_NOT_FOUND' && code !== 'MODULE_NOT_FOUND') {
-        throw new BackendError(`${pkg} is installed but failed to load: ${(e as Error).message.split('\n')[0]}`);
-      }
+      throw new BackendError(`${pkg} is installed but failed to load: ${(e as Error).message.split('\n')[0]}`);
     }
   }
   throw new BackendError('backend "tensorflow" needs an optional package: `npm install @tensorflow/tfjs-node-gpu@4.22.0` ' +

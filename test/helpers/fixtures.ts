@@ -1,0 +1,23 @@
+/** Paths to the golden fixtures (copied from ../shared/golden) and the bundled demo models. */
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const FIXTURES = path.join(ROOT, 'fixtures');
+
+export const modelDir = (name: string): string =>
+  name.endsWith('-demo') ? path.join(ROOT, 'models', name) : path.join(FIXTURES, 'models', name);
+export const refFile = (name: string): string => path.join(FIXTURES, 'refs', `${name}.json`);
+
+/** Every golden checkpoint with the reference it must reproduce. */
+export const GOLDEN_MODELS: ReadonlyArray<{ model: string; ref: string }> = [
+  { model: 'mistral-tiny', ref: 'mistral-tiny' },
+  { model: 'mistral-tiny-bf16', ref: 'mistral-tiny-bf16' },
+  { model: 'mistral-tiny-sharded', ref: 'mistral-tiny-sharded' },
+  { model: 'mistral-tiny-native', ref: 'mistral-tiny' },
+  { model: 'mistral-nowindow', ref: 'mistral-nowindow' },
+  { model: 'mixtral-tiny', ref: 'mixtral-tiny' },
+  { model: 'mixtral-tiny-native', ref: 'mixtral-tiny' },
+  { model: 'mistral-demo', ref: 'mistral-demo' },
+  { model: 'mixtral-demo', ref: 'mixtral-demo' },
+];

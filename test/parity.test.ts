@@ -1,0 +1,50 @@
+/**
+ * Golden parity: every golden checkpoint reproduces its reference (transformers 4.47.1,
+ * cross-checked with Mistral's code) on the cpu and wasm backends, within the golden
+ * README's tolerance, with identical greedy ids and expert choices.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Reference } from '../src/io/reference.js';
+import { checkParity, type ParityReport } from '../src/inspect/parity.js';
+import { useBackend } from '../src/kernels/backend.js';
+import { Transformer } from '../src/model/transformer.js';
+import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
+
+const measured: string[] = [];
+afterAll(() => console.log(`golden parity, max |Δ| (logits / layer_out / step_logits):\n${measured.join('\n')}`));
+
+function run(model: string, ref: string): ParityReport {
+  const m = Transformer.load(modelDir(model));
+  const r = Reference.open(refFile(ref));
+  try {
+    return checkParity(m, r);
+  } finally {
+    m.dispose();
+    r.close();
+  }
+}
+
+describe.each(['cpu', 'wasm'] as const)('golden parity on %s', (backend) => {
+  it.each(GOLDEN_MODELS)('$model reproduces refs/$ref', async ({ model, ref }) => {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    const report = run(model, ref);
+    expect(tf.memory().numTensors).toBe(before);
+
+    expect(report.failures).toEqual([]);
+    expect(report.pass).toBe(true);
+    for (const kind of ['logits', 'embeddings', 'layer_out', 'final_norm', 'step_logits', 'generated_ids']) {
+      expect(report.checked).toContain(kind);
+    }
+    if (model.startsWith('mixtral')) {
+      expect(report.checked).toEqual(expect.arrayContaining(['router_logits', 'expert_choices']));
+      expect(report.prompts.every((p) => p.expert_choices_equal)).toBe(true);
+    }
+    expect(report.prompts.every((p) => p.generated_ids_equal)).toBe(true);
+    // The random-weight models stay far inside 5e-5 (observed noise between float32 implementations ≤ 1e-5).
+    if (!model.endsWith('-demo')) expect(report.max_abs_diff.logits).toBeLessThan(5e-5);
+    const d = report.max_abs_diff;
+    measured.push(`  ${backend.padEnd(4)} ${model.padEnd(20)} ${d.logits!.toExponential(1)} / ${d.layer_out!.toExponential(1)} / ${d.step_logits!.toExponential(1)}`);
+  });
+});
