@@ -1,8 +1,11 @@
 /** Options and steps several commands share. */
-import { useBackend } from '../kernels/backend.js';
+import * as os from 'node:os';
+import { openCheckpoint } from '../io/checkpoint.js';
+import { useBackend, type BackendName } from '../kernels/backend.js';
 import { Transformer } from '../model/transformer.js';
-import type { Residency } from '../model/weights.js';
+import { chooseResidency, type Residency } from '../model/weights.js';
 import { backend, oneOf, required, type Parsed } from './args.js';
+import type { CliIO } from './io.js';
 
 /** parseArgs option specs shared by the commands that load a model. */
 export const MODEL_OPTIONS = {
@@ -15,13 +18,41 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
                          with model.safetensors.index.json) or native (params.json + consolidated.safetensors)
   --backend NAME         cpu (default, the readable reference), wasm (fast), tensorflow
                          (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node)
-  --weights MODE         eager (all weights resident as float32) or stream (layer by layer from disk)`;
+  --weights MODE         auto (default: eager when the float32 weights fit in half the free
+                         memory, else stream), eager (all weights resident as float32; fastest)
+                         or stream (each layer read from disk when the forward reaches it, then freed)`;
 
-/** Selects the backend, then loads the model named by --model. */
-export async function loadModelFromArgs(values: Parsed['values']): Promise<Transformer> {
-  await useBackend(backend(values.backend as string | undefined));
-  const weights = oneOf<Residency>(values.weights as string | undefined, '--weights', ['eager', 'stream'], 'eager');
-  return Transformer.load(required(values.model as string | undefined, '--model'), { weights });
+/**
+ * Selects the backend, then loads the model named by --model with the residency --weights
+ * asks for. `auto` weighs the checkpoint's float32 size (from its headers) against free
+ * memory, and says what it chose on stderr when stderr is a terminal.
+ */
+export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): Promise<Transformer> {
+  const name = backend(values.backend as string | undefined);
+  await useBackend(name);
+  const dir = required(values.model as string | undefined, '--model');
+  const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'eager', 'stream'], 'auto');
+  let weights: Residency;
+  if (mode === 'auto') {
+    const choice = autoResidency(dir, name);
+    weights = choice.weights;
+    if (io?.interactive) io.stderr(`weights: ${choice.weights} (${choice.reason}; --weights eager|stream overrides)\n`);
+  } else {
+    weights = mode;
+  }
+  return Transformer.load(dir, { weights });
+}
+
+/** The `--weights auto` decision for a checkpoint folder (reads its headers only). */
+export function autoResidency(dir: string, backendName: BackendName, freeBytes = os.freemem()): ReturnType<typeof chooseResidency> {
+  const ckpt = openCheckpoint(dir);
+  let elements = 0;
+  try {
+    for (const n of ckpt.store.names()) elements += ckpt.store.info(n).shape.reduce((a, b) => a * b, 1);
+  } finally {
+    ckpt.store.close();
+  }
+  return chooseResidency(4 * elements, freeBytes, backendName);
 }
 
 /** Formats a max |Δ| for tables: 3 significant digits, or "inf". */

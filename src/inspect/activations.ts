@@ -1,14 +1,24 @@
 /**
  * Reading and changing intermediates through the model's hook points
- * (names and shapes: docs/hooks.md).
+ * (names and shapes: docs/hooks.md, src/inspect/hookpoints.ts).
  *
  *   const { result, cache } = runWithCache(model, ids, { names: ['blocks.0.attn.hook_pattern'] });
- *   cache.get('blocks.0.attn.hook_pattern').print();
+ *   cache.get('blocks.0.attn.hook_pattern').print();   // [heads, tokens, keys]
  *   cache.dispose(); disposeResult(result);
+ *
+ *   // Activation patching: run prompt B with layer 2's residual of prompt A at position 5.
+ *   const a = runWithCache(model, idsA, { names: ['blocks.2.hook_resid_pre'] });
+ *   const patched = runWithHooks(model, idsB, {
+ *     'blocks.2.hook_resid_pre': patchPositions(a.cache.get('blocks.2.hook_resid_pre'), [5]),
+ *   });
+ *
+ * Names are checked against the model's hook points before the forward runs: a typo is a
+ * HookError, not a hook that silently never fires.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { HookFn, Hooks } from '../model/hooks.js';
+import { HookError, type HookFn, type Hooks } from '../model/hooks.js';
 import { disposeResult, type ForwardOptions, type ForwardResult, type Transformer } from '../model/transformer.js';
+import { checkHookNames } from './hookpoints.js';
 
 /** Captured activations by hook name. The caller owns them: call dispose(). */
 export class ActivationCache {
@@ -18,13 +28,24 @@ export class ActivationCache {
     return this.tensors.has(name);
   }
 
-  /** The captured tensor; throws with the known names when absent. */
+  /** The captured tensor (owned by the cache); throws a HookError when absent. */
   get(name: string): tf.Tensor {
     const t = this.tensors.get(name);
     if (t === undefined) {
-      throw new Error(`no activation ${JSON.stringify(name)} captured (have ${this.tensors.size}: ${[...this.tensors.keys()].slice(0, 5).join(', ')}…)`);
+      const some = [...this.tensors.keys()].slice(0, 5).join(', ');
+      throw new HookError(`no activation ${JSON.stringify(name)} captured (have ${this.tensors.size}${some ? `: ${some}` : ''}` +
+        `${this.tensors.size > 5 ? ', …' : ''})`);
     }
     return t;
+  }
+
+  /**
+   * One per-layer hook of every layer, stacked: `stack('hook_resid_post')` →
+   * [layers, tokens, hidden]. A new tensor: the caller disposes it.
+   */
+  stack(hook: string, numLayers: number): tf.Tensor {
+    const parts = Array.from({ length: numLayers }, (_, l) => this.get(`blocks.${l}.${hook}`));
+    return tf.stack(parts);
   }
 
   names(): string[] {
@@ -40,38 +61,52 @@ export class ActivationCache {
 export interface CacheOptions extends Omit<ForwardOptions, 'hooks'> {
   /** Hook names to capture, or a predicate; default every hook point. */
   readonly names?: readonly string[] | ((name: string) => boolean);
-  /** Extra hooks that run before capture (so a patched run can be cached too). */
-  readonly hooks?: Hooks;
+  /** Hooks that run before capture, so a patched run can be cached too (its values are cached). */
+  readonly hooks?: Hooks | Readonly<Record<string, HookFn>>;
 }
 
-/** Runs the model and keeps a copy of every selected intermediate. */
+function toMap(hooks: Hooks | Readonly<Record<string, HookFn>> | undefined): Map<string, HookFn> {
+  if (hooks === undefined) return new Map();
+  return new Map(hooks instanceof Map ? hooks : Object.entries(hooks));
+}
+
+/**
+ * Runs the model and keeps a copy of every selected intermediate (after any hook in
+ * `opts.hooks` has replaced it). Both the result and the cache belong to the caller.
+ */
 export function runWithCache(model: Transformer, ids: readonly number[], opts: CacheOptions = {}):
   { result: ForwardResult; cache: ActivationCache } {
-  const cache = new ActivationCache();
   const wanted = opts.names;
+  if (Array.isArray(wanted)) checkHookNames(model.config, wanted);
+  const user = toMap(opts.hooks);
+  checkHookNames(model.config, user.keys());
+
   const select = wanted === undefined ? () => true
-    : typeof wanted === 'function' ? wanted
-      : ((set: Set<string>) => (n: string) => set.has(n))(new Set(wanted));
-  const capture: HookFn = (t, name) => {
-    if (select(name)) {
-      cache.tensors.get(name)?.dispose();
-      cache.tensors.set(name, tf.keep(tf.clone(t)));
-    }
+    : typeof wanted === 'function' ? wanted as (name: string) => boolean
+      : ((set: Set<string>) => (n: string) => set.has(n))(new Set(wanted as readonly string[]));
+  const cache = new ActivationCache();
+  const capture = (t: tf.Tensor, name: string): void => {
+    if (!select(name)) return;
+    cache.tensors.get(name)?.dispose(); // a name fires once per forward; this only guards reuse
+    // clone shares the data (no copy); keep lets it outlive the forward's tf.tidy.
+    cache.tensors.set(name, tf.keep(tf.clone(t)));
   };
-  const hooks = new Map(opts.hooks ?? []);
-  const user = hooks.get('*');
-  hooks.set('*', user === undefined ? capture : (t, name) => {
-    const replaced = user(t, name);
-    capture(replaced ?? t, name);
-    return replaced;
+
+  // hookPoint runs '*' first, then the hook registered for the name. Capture after the
+  // last one that runs, so the cache holds what the forward actually used.
+  const star = user.get('*');
+  const hooks = new Map<string, HookFn>();
+  hooks.set('*', (t, name) => {
+    const r = star?.(t, name);
+    if (!user.has(name)) capture(r ?? t, name);
+    return r;
   });
-  // Hooks registered for a name run after '*': capture those names after them instead.
-  for (const [name, fn] of opts.hooks ?? []) {
+  for (const [name, fn] of user) {
     if (name === '*') continue;
     hooks.set(name, (t, n) => {
-      const replaced = fn(t, n);
-      capture(replaced ?? t, n);
-      return replaced;
+      const r = fn(t, n);
+      capture(r ?? t, n);
+      return r;
     });
   }
   try {
@@ -84,11 +119,14 @@ export function runWithCache(model: Transformer, ids: readonly number[], opts: C
 
 /**
  * Runs the model with hooks that may read or replace intermediates, given as an object
- * or a Map from hook name to function.
+ * or a Map from hook name (or `*`) to function. A hook that returns a tensor it still
+ * needs must return a clone: the forward disposes what it is given (the helpers in
+ * ./patching.ts do this).
  */
 export function runWithHooks(model: Transformer, ids: readonly number[],
-  hooks: Hooks | Record<string, HookFn>, opts: Omit<ForwardOptions, 'hooks'> = {}): ForwardResult {
-  const map = hooks instanceof Map ? hooks : new Map(Object.entries(hooks));
+  hooks: Hooks | Readonly<Record<string, HookFn>>, opts: Omit<ForwardOptions, 'hooks'> = {}): ForwardResult {
+  const map = toMap(hooks);
+  checkHookNames(model.config, map.keys());
   return model.forward(ids, { ...opts, hooks: map });
 }
 

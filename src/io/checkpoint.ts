@@ -96,17 +96,29 @@ export class MultiFileStore implements TensorStore {
   }
 }
 
+/** Config and index files are a few KB; anything past this is not one. */
+const MAX_JSON_BYTES = 50_000_000;
+
 function readJson(file: string): unknown {
+  let raw: Buffer;
+  try {
+    const size = fs.statSync(file).size;
+    if (size > MAX_JSON_BYTES) throw new CheckpointError(file, `is ${size} bytes; a JSON config or index is at most ${MAX_JSON_BYTES}`);
+    raw = fs.readFileSync(file);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    throw new CheckpointError(file, `cannot read: ${(e as Error).message}`);
+  }
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new CheckpointError(file, `cannot read: ${(e as Error).message}`);
+    text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
+  } catch {
+    throw new CheckpointError(file, 'is not valid UTF-8');
   }
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new CheckpointError(file, `not valid JSON (${(e as Error).message})`);
+    throw new CheckpointError(file, `not valid JSON (${(e as Error).message.slice(0, 200)})`);
   }
 }
 
@@ -122,18 +134,20 @@ function openAll(files: string[]): SafetensorsFile[] {
 }
 
 function openShardIndex(dir: string, indexFile: string): MultiFileStore {
-  const index = readJson(indexFile) as { weight_map?: unknown };
-  const map = index?.weight_map;
+  const index = readJson(indexFile);
+  const map = typeof index === 'object' && index !== null ? (index as { weight_map?: unknown }).weight_map : undefined;
   if (typeof map !== 'object' || map === null || Array.isArray(map)) {
     throw new CheckpointError(indexFile, 'has no "weight_map" object');
   }
   const weightMap = new Map<string, string>();
   for (const [name, file] of Object.entries(map)) {
-    if (typeof file !== 'string' || file.includes('/') || file.includes('\\') || file.startsWith('.')) {
-      throw new CheckpointError(indexFile, `weight_map entry ${JSON.stringify(file)} is not a file name in this folder`, name);
+    // Shard names are plain file names in this folder: no paths out of it.
+    if (typeof file !== 'string' || file.includes('/') || file.includes('\\') || file.startsWith('.') || !file.endsWith('.safetensors')) {
+      throw new CheckpointError(indexFile, `weight_map entry ${JSON.stringify(file)?.slice(0, 100)} is not a .safetensors file name in this folder`, name);
     }
     weightMap.set(name, file);
   }
+  if (weightMap.size === 0) throw new CheckpointError(indexFile, 'weight_map is empty');
   const shards = [...new Set(weightMap.values())].sort();
   for (const s of shards) {
     if (!fs.existsSync(path.join(dir, s))) {
@@ -143,23 +157,36 @@ function openShardIndex(dir: string, indexFile: string): MultiFileStore {
   return new MultiFileStore(openAll(shards.map((s) => path.join(dir, s))), weightMap, indexFile);
 }
 
+/** PyTorch pickles (`pytorch_model.bin`, `consolidated.00.pth`, ...). */
+const PICKLE = /\.(bin|pt|pth|ckpt)$/;
+
+function pickleError(file: string): CheckpointError {
+  return new CheckpointError(file,
+    'PyTorch pickle checkpoints are not read (unpickling can run arbitrary code); only safetensors is. ' +
+    'Convert once in Python: `from safetensors.torch import save_file; save_file(torch.load(f), "model.safetensors")`, ' +
+    'or `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`');
+}
+
 /** Detects the layout of `dir` and opens its tensors (headers only; no weights are read). */
 export function openCheckpoint(dir: string): Checkpoint {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
-    throw new CheckpointError(dir, 'not a directory (expected a checkpoint folder with config.json or params.json)');
+  let entries: string[];
+  try {
+    if (!fs.statSync(dir).isDirectory()) {
+      if (PICKLE.test(dir)) throw pickleError(dir);
+      throw new CheckpointError(dir, 'not a directory (--model takes the checkpoint folder, with config.json or params.json)');
+    }
+    entries = fs.readdirSync(dir);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new CheckpointError(dir, code === 'ENOENT' ? 'no such directory' : `cannot read: ${(e as Error).message}`);
   }
-  const entries = fs.readdirSync(dir);
   const has = (f: string) => entries.includes(f);
   const safetensors = entries.filter((f) => f.endsWith('.safetensors')).sort();
 
   if (safetensors.length === 0) {
-    const pickled = entries.filter((f) => /\.(bin|pt|pth|ckpt)$/.test(f));
-    if (pickled.length > 0) {
-      throw new CheckpointError(path.join(dir, pickled[0]!),
-        'PyTorch pickle checkpoints are not read (they can run arbitrary code); only safetensors is. ' +
-        'Convert once in Python: `from safetensors.torch import save_file; save_file(torch.load(f), "model.safetensors")`, ' +
-        'or `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`');
-    }
+    const pickled = entries.filter((f) => PICKLE.test(f)).sort();
+    if (pickled.length > 0) throw pickleError(path.join(dir, pickled[0]!));
     throw new CheckpointError(dir, 'no .safetensors files in this folder');
   }
 

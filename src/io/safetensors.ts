@@ -15,15 +15,27 @@
  * buffer must be covered exactly: tensors contiguous, in offset order, no gaps, no overlap.
  */
 import * as fs from 'node:fs';
-import { SafetensorsFormatError } from './errors.js';
+import { CheckpointError, SafetensorsFormatError } from './errors.js';
 
-/** Bytes per element of every dtype the format defines. */
-export const DTYPE_SIZES: Readonly<Record<string, number>> = {
+/**
+ * Bytes per element of every whole-byte dtype the format defines. Looked up with
+ * `dtypeSize` only: a plain `DTYPE_SIZES[name]` would find `constructor` on the prototype.
+ */
+export const DTYPE_SIZES: Readonly<Record<string, number>> = Object.freeze({
   F64: 8, F32: 4, F16: 2, BF16: 2,
   I64: 8, I32: 4, I16: 2, I8: 1,
   U64: 8, U32: 4, U16: 2, U8: 1,
-  BOOL: 1, F8_E4M3: 1, F8_E5M2: 1,
-};
+  BOOL: 1, F8_E4M3: 1, F8_E5M2: 1, F8_E8M0: 1, C64: 8,
+});
+
+/** Element size of `dtype`, or undefined for a name the format does not define. */
+export function dtypeSize(dtype: string): number | undefined {
+  return Object.hasOwn(DTYPE_SIZES, dtype) ? DTYPE_SIZES[dtype] : undefined;
+}
+
+export function isFloatDType(dtype: string): dtype is FloatDType {
+  return (FLOAT_DTYPES as readonly string[]).includes(dtype);
+}
 
 /** The dtypes this reader converts to float32 (exactly: each is a subset of float32). */
 export const FLOAT_DTYPES = ['F32', 'F16', 'BF16'] as const;
@@ -73,9 +85,10 @@ export class SafetensorsFile {
       throw new SafetensorsFormatError(path, `cannot open: ${(e as Error).message}`);
     }
     try {
-      const size = fs.fstatSync(fd).size;
-      const { metadata, tensors } = readHeader(path, fd, size);
-      return new SafetensorsFile(path, fd, size, metadata, tensors);
+      const stat = fs.fstatSync(fd);
+      if (!stat.isFile()) throw new SafetensorsFormatError(path, 'not a regular file');
+      const { metadata, tensors } = readHeader(path, fd, stat.size);
+      return new SafetensorsFile(path, fd, stat.size, metadata, tensors);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -104,18 +117,19 @@ export class SafetensorsFile {
    */
   readFloat32(name: string, start = 0, count?: number): Float32Array {
     const t = this.info(name);
-    const size = DTYPE_SIZES[t.dtype]!;
+    if (!isFloatDType(t.dtype)) {
+      throw new SafetensorsFormatError(this.path,
+        `dtype ${t.dtype} cannot be read as float32 (supported: ${FLOAT_DTYPES.join(', ')})`, name);
+    }
+    const size = dtypeSize(t.dtype)!;
     const total = (t.end - t.begin) / size;
     const n = count ?? total - start;
-    if (start < 0 || n < 0 || start + n > total) {
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(n) || start < 0 || n < 0 || start + n > total) {
       throw new SafetensorsFormatError(this.path, `element range ${start}+${n} outside 0..${total}`, name);
     }
-    if (!(FLOAT_DTYPES as readonly string[]).includes(t.dtype)) {
-      throw new SafetensorsFormatError(this.path,
-        `dtype ${t.dtype} is not supported (expected one of ${FLOAT_DTYPES.join(', ')})`, name);
-    }
     const bytes = this.readRange(t.begin + start * size, n * size, name);
-    return toFloat32(bytes, t.dtype as FloatDType);
+    // F32: view the fresh buffer itself rather than copy a 700 MB tensor a second time.
+    return t.dtype === 'F32' ? new Float32Array(bytes.buffer) : toFloat32(bytes, t.dtype);
   }
 
   close(): void {
@@ -126,28 +140,44 @@ export class SafetensorsFile {
   }
 
   private readRange(position: number, length: number, tensor: string): Uint8Array {
-    if (this.fd === null) throw new SafetensorsFormatError(this.path, 'file already closed', tensor);
+    if (this.fd === null) throw new CheckpointError(this.path, 'file already closed', tensor);
     // A fresh ArrayBuffer keeps the result aligned for typed-array views.
     const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const n = fs.readSync(this.fd, out, done, Math.min(READ_CHUNK, length - done), position + done);
-      if (n === 0) throw new SafetensorsFormatError(this.path, `file ended while reading ${length} bytes at ${position}`, tensor);
-      done += n;
-    }
+    readFully(this.path, this.fd, out, position, tensor);
     return out;
+  }
+}
+
+/**
+ * Fills `out` from byte `position`, in chunks (one read returns at most ~2 GiB, and may
+ * return less). A file that shrank since its header was validated, or an I/O error, is a
+ * typed error rather than a short buffer of zeros.
+ */
+function readFully(path: string, fd: number, out: Uint8Array, position: number, tensor?: string): void {
+  let done = 0;
+  while (done < out.length) {
+    let n: number;
+    try {
+      n = fs.readSync(fd, out, done, Math.min(READ_CHUNK, out.length - done), position + done);
+    } catch (e) {
+      throw new CheckpointError(path, `read of ${out.length} bytes at ${position} failed: ${(e as Error).message}`, tensor);
+    }
+    if (n === 0) throw new SafetensorsFormatError(path, `file ended while reading ${out.length} bytes at ${position}`, tensor);
+    done += n;
   }
 }
 
 /** Converts little-endian F32/F16/BF16 bytes to float32, exactly. */
 export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
-  if (dtype === 'F32') {
-    return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).slice();
+  const size = dtypeSize(dtype)!;
+  if (bytes.byteLength % size !== 0) {
+    throw new RangeError(`toFloat32: ${bytes.byteLength} bytes is not a whole number of ${dtype} elements`);
   }
-  const n = bytes.byteLength / 2;
-  const halves = bytes.byteOffset % 2 === 0
-    ? new Uint16Array(bytes.buffer, bytes.byteOffset, n)
-    : new Uint16Array(bytes.slice().buffer);
+  // Typed-array views need aligned offsets; a fresh copy from readRange always is.
+  const aligned = bytes.byteOffset % size === 0 ? bytes : bytes.slice();
+  if (dtype === 'F32') return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4).slice();
+  const n = aligned.byteLength / 2;
+  const halves = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
   const out = new Float32Array(n);
   if (dtype === 'BF16') {
     // bf16 is the top half of a float32: shifting the bits back is exact.
@@ -169,14 +199,18 @@ export function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+type Fail = (message: string, tensor?: string) => never;
+
 function readHeader(path: string, fd: number, size: number) {
-  const fail = (msg: string, tensor?: string): never => {
+  const fail: Fail = (msg, tensor) => {
     throw new SafetensorsFormatError(path, msg, tensor);
   };
   if (size < 8) fail(`file is ${size} bytes, too short for the 8-byte header length`);
   const lenBytes = Buffer.alloc(8);
-  fs.readSync(fd, lenBytes, 0, 8, 0);
+  readFully(path, fd, lenBytes, 0);
   const headerLen = lenBytes.readBigUInt64LE(0);
+  // Both bounds are checked before anything is allocated: a corrupt length must not
+  // become a 2^63-byte allocation.
   if (headerLen > BigInt(MAX_HEADER_BYTES)) {
     fail(`header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   }
@@ -185,7 +219,8 @@ function readHeader(path: string, fd: number, size: number) {
   if (n < 2) fail(`header length ${n} is too short for a JSON object`);
 
   const raw = Buffer.alloc(n);
-  fs.readSync(fd, raw, 0, n, 8);
+  readFully(path, fd, raw, 8);
+  if (raw[0] !== 0x7b) fail(`header does not start with "{" (byte 0x${raw[0]!.toString(16).padStart(2, '0')}): not a safetensors file?`);
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
@@ -196,7 +231,7 @@ function readHeader(path: string, fd: number, size: number) {
   try {
     header = JSON.parse(text);
   } catch (e) {
-    return fail(`header is not valid JSON (${(e as Error).message})`);
+    return fail(`header is not valid JSON (${(e as Error).message.slice(0, 200)})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     fail('header is not a JSON object');
@@ -213,10 +248,11 @@ function readHeader(path: string, fd: number, size: number) {
       metadata = parseMetadata(value, fail);
       continue;
     }
-    entries.push(parseEntry(name, value, dataStart, path, fail));
+    entries.push(parseEntry(name, value, dataStart, dataLen, path, fail));
   }
 
-  // The data buffer must be covered exactly, in offset order.
+  // The data buffer must be covered exactly: sorted by offset, each tensor starts where
+  // the previous one ended. JSON order does not matter (writers sort names, not offsets).
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let cursor = dataStart;
   for (const t of entries) {
@@ -224,16 +260,12 @@ function readHeader(path: string, fd: number, size: number) {
     if (t.begin > cursor) fail(`gap in the data buffer before this tensor (starts at ${t.begin - dataStart}, previous ends at ${cursor - dataStart})`, t.name);
     cursor = t.end;
   }
-  if (cursor - dataStart !== dataLen) {
-    fail(cursor - dataStart > dataLen
-      ? `tensors need ${cursor - dataStart} data bytes but the file has ${dataLen} (truncated?)`
-      : `${dataLen - (cursor - dataStart)} trailing bytes after the last tensor`);
-  }
+  if (cursor - dataStart !== dataLen) fail(`${dataLen - (cursor - dataStart)} trailing bytes after the last tensor`);
   // Keep file order (offset order): sequential reads are the fast path for streaming.
   return { metadata, tensors: new Map(entries.map((t) => [t.name, t])) };
 }
 
-function parseMetadata(value: unknown, fail: (m: string, t?: string) => never): Record<string, string> {
+function parseMetadata(value: unknown, fail: Fail): Record<string, string> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('__metadata__ is not an object');
   for (const [k, v] of Object.entries(value as object)) {
     if (typeof v !== 'string') fail(`__metadata__.${k} is not a string`);
@@ -241,31 +273,36 @@ function parseMetadata(value: unknown, fail: (m: string, t?: string) => never): 
   return value as Record<string, string>;
 }
 
-function parseEntry(name: string, value: unknown, dataStart: number, path: string,
-  fail: (m: string, t?: string) => never): TensorInfo {
+function parseEntry(name: string, value: unknown, dataStart: number, dataLen: number, path: string, fail: Fail): TensorInfo {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('entry is not an object', name);
   const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
   if (typeof dtype !== 'string') fail('dtype missing or not a string', name);
-  const size = DTYPE_SIZES[dtype as string];
+  const size = dtypeSize(dtype as string);
   if (size === undefined) fail(`unknown dtype ${JSON.stringify(dtype)}`, name);
   const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
-  if (!Array.isArray(shape) || !shape.every(isCount)) fail(`shape ${JSON.stringify(shape)} is not a list of non-negative integers`, name);
+  if (!Array.isArray(shape) || !shape.every(isCount)) fail(`shape ${JSON.stringify(shape)?.slice(0, 100)} is not a list of non-negative integers`, name);
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
-    fail(`data_offsets ${JSON.stringify(offsets)} is not [begin, end]`, name);
+    fail(`data_offsets ${JSON.stringify(offsets)?.slice(0, 100)} is not [begin, end] with non-negative integers`, name);
   }
   const [begin, end] = offsets as [number, number];
   if (end < begin) fail(`data_offsets [${begin}, ${end}] end before they begin`, name);
+  if (end > dataLen) {
+    fail(`data_offsets [${begin}, ${end}] run past the end of the data buffer (${dataLen} bytes; file truncated?)`, name);
+  }
+  // Products of large dims can exceed 2^53; an unsafe product never equals a byte count we can read.
   const elements = (shape as number[]).reduce((a, b) => a * b, 1);
   const expected = elements * size!;
   if (!Number.isSafeInteger(expected) || end - begin !== expected) {
-    fail(`byte count ${end - begin} does not match shape [${(shape as number[]).join(', ')}] × ${dtype} (${expected} bytes)`, name);
+    const want = Number.isSafeInteger(expected) ? `${expected} bytes` : 'too many bytes';
+    fail(`byte count ${end - begin} does not match shape [${(shape as number[]).join(', ').slice(0, 100)}] × ${dtype} (${want})`, name);
   }
   return { name, dtype: dtype as string, shape: shape as number[], begin: dataStart + begin, end: dataStart + end, file: path };
 }
 
 /**
  * JSON.parse keeps the last of two equal keys silently; a header naming a tensor twice
- * is ambiguous, so scan the top-level keys ourselves. Returns the first duplicate or null.
+ * is ambiguous, so scan the top-level keys ourselves. Only called on text JSON.parse
+ * accepted, so strings are well formed. Returns the first duplicate or null.
  */
 export function firstDuplicateTopLevelKey(json: string): string | null {
   const seen = new Set<string>();

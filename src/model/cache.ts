@@ -7,8 +7,9 @@
  * Rolling cache, for a sliding window W: W slots, position p lives in slot p mod W.
  * A query at position i needs keys i−W+1 … i, so W slots always suffice: when a chunk
  * arrives, it attends to the W slots plus its own keys, and then its newest keys
- * overwrite the slots they map to. Worked example, W = 4, a 6-token prompt prefilled in
- * chunks of 4, then one decoded token:
+ * overwrite the slots they map to. (W − 1 slots would do, since key i arrives with its
+ * query; W keeps mistral-inference's slot = p mod W, and the one spare slot is masked.)
+ * Worked example, W = 4, a 6-token prompt prefilled in chunks of 4, then one decoded token:
  *
  *   chunk 0–3: attends slots [ ·  ·  ·  · ] + keys 0 1 2 3   → slots [0 1 2 3]
  *   chunk 4–5: attends slots [0 1 2 3] + keys 4 5             → slots [4 5 2 3]

@@ -133,7 +133,12 @@ export class Transformer {
     this.checkpoint.store.close();
   }
 
-  private checkIds(ids: readonly number[], start: number): void {
+  /**
+   * Throws InputError unless `ids` may run starting at position `start`: non-empty, inside
+   * the vocabulary and, without a sliding window, within max_position_embeddings.
+   * Public so a caller that feeds ids in pieces (chunked prefill) can check them all first.
+   */
+  checkIds(ids: readonly number[], start = 0): void {
     const c = this.config;
     if (ids.length === 0) throw new InputError('empty input: at least one token id is needed');
     ids.forEach((id, i) => {

@@ -11,6 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint, TensorStore } from '../io/checkpoint.js';
+import { FLOAT_DTYPES, isFloatDType } from '../io/safetensors.js';
 import { makeLinear, type Linear } from '../kernels/linear.js';
 import type { AttentionWeights } from './attention.js';
 import type { ModelConfig } from './config.js';
@@ -138,19 +139,137 @@ export function tensorSource(ckpt: Checkpoint, c: ModelConfig): TensorSource {
   };
 }
 
-/** Checks presence and shape of every tensor before a byte of weights is read. */
-export function validateTensors(ckpt: Checkpoint, c: ModelConfig, src: TensorSource): void {
-  for (const [name, want] of expectedTensors(c)) {
-    const got = src.shape(name);
-    const stored = ckpt.layout === 'native' ? nativeName(name) : name;
-    const file = ckpt.store.has(stored) ? ckpt.store.info(stored).file : ckpt.store.files.join(', ');
-    if (got === undefined) {
-      throw new WeightError(file, `missing tensor (expected shape [${want}] from ${ckpt.configFile})`, stored);
+/** One way a checkpoint's tensors disagree with its config. */
+export interface TensorProblem {
+  readonly kind: 'missing' | 'shape' | 'dtype' | 'extra';
+  /** Name as stored in the checkpoint. */
+  readonly tensor: string;
+  /** The file that holds it (all files of the store for a missing one). */
+  readonly file: string;
+  readonly message: string;
+}
+
+/**
+ * Every disagreement between the tensors and the config, in checkpoint order: missing
+ * tensors, wrong shapes, dtypes that cannot become float32, and tensors the model never
+ * reads (`extra`; harmless, reported by `inspect` only). Reads headers only.
+ */
+export function tensorProblems(ckpt: Checkpoint, c: ModelConfig): TensorProblem[] {
+  const problems: TensorProblem[] = [];
+  const store = ckpt.store;
+  const stored = (name: string) => (ckpt.layout === 'native' ? nativeName(name) : name);
+  const all = store.files.join(', ');
+
+  // A config may claim 10^9 layers or experts: compare counts first, so the work below
+  // stays bounded by what the files hold, not by what the config says.
+  const names = store.names();
+  const layers = distinct(names, /^(?:model\.)?layers\.(\d+)\./);
+  const experts = distinct(names, /\.experts\.(\d+)\./);
+  let checked = c;
+  if (c.numLayers > layers) {
+    problems.push({ kind: 'missing', tensor: stored(`model.layers.${layers}`) + (c.numLayers - 1 > layers ? `…${c.numLayers - 1}` : ''), file: all,
+      message: `config says ${c.numLayers} layers, the files hold ${layers}` });
+    checked = { ...checked, numLayers: layers };
+  }
+  if (c.numExperts !== null && c.numExperts > experts) {
+    problems.push({ kind: 'missing', tensor: `experts.${experts}` + (c.numExperts - 1 > experts ? `…${c.numExperts - 1}` : ''), file: all,
+      message: `config says ${c.numExperts} experts per layer, the files hold ${experts}` });
+    checked = { ...checked, numExperts: experts };
+  }
+
+  const wanted = new Set<string>();
+  for (const [name, want] of expectedTensors(checked)) {
+    const key = stored(name);
+    wanted.add(key);
+    if (!store.has(key)) {
+      problems.push({ kind: 'missing', tensor: key, file: all, message: `missing tensor (expected shape [${want}] from ${ckpt.configFile})` });
+      continue;
     }
+    const info = store.info(key);
+    const got = info.shape;
     if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
-      throw new WeightError(file, `shape [${got}] does not fit the config: expected [${want}]`, stored);
+      problems.push({ kind: 'shape', tensor: key, file: info.file, message: `shape [${got}] does not fit the config: expected [${want}]` });
+    } else if (!isFloatDType(info.dtype)) {
+      problems.push({ kind: 'dtype', tensor: key, file: info.file, message: `dtype ${info.dtype} cannot be read as float32 (supported: ${FLOAT_DTYPES.join(', ')})` });
     }
   }
+  for (const key of names) {
+    if (!wanted.has(key)) {
+      problems.push({ kind: 'extra', tensor: key, file: store.info(key).file, message: 'tensor not used by this config' });
+    }
+  }
+  return problems;
+}
+
+/** Number of distinct values of the first group of `re` over `names`. */
+function distinct(names: readonly string[], re: RegExp): number {
+  const seen = new Set<string>();
+  for (const n of names) {
+    const m = re.exec(n);
+    if (m) seen.add(m[1]!);
+  }
+  return seen.size;
+}
+
+/**
+ * Checks presence, shape and dtype of every tensor before a byte of weights is read;
+ * throws a WeightError for the first problem. Extra tensors are allowed (transformers
+ * ignores them too, e.g. an old `rotary_emb.inv_freq`).
+ */
+export function validateTensors(ckpt: Checkpoint, c: ModelConfig, _src?: TensorSource): void {
+  const p = tensorProblems(ckpt, c).find((x) => x.kind !== 'extra');
+  if (p !== undefined) throw new WeightError(p.file, p.message, p.tensor);
+}
+
+/** float32 bytes the weights take in each residency mode (activations not counted). */
+export interface MemoryEstimate {
+  /** Every weight resident: 4 bytes × parameters. */
+  readonly eager: number;
+  /** The largest decoder layer (Mixtral: with all its experts, the prefill worst case). */
+  readonly layer: number;
+  /** The final norm and the unembedding, resident while the logits are computed. */
+  readonly head: number;
+  /** The largest single tensor: one transient float32 copy is in flight while it loads. */
+  readonly largestTensor: number;
+  /** Stream-mode peak: one layer or the head, plus one tensor in flight. */
+  readonly stream: number;
+}
+
+export function estimateMemory(c: ModelConfig): MemoryEstimate {
+  // Arithmetic, not a walk over expectedTensors: a config may claim 10^9 layers.
+  const H = c.hiddenSize;
+  const E = c.numExperts ?? 1;
+  const q = c.numHeads * c.headDim * H;
+  const kv = c.numKvHeads * c.headDim * H;
+  const mlp = c.intermediateSize * H; // one of gate / up / down (per expert)
+  const layer = 2 * H + 2 * q + 2 * kv + 3 * mlp * E + (c.numExperts === null ? 0 : E * H);
+  const table = c.vocabSize * H;
+  const eager = c.numLayers * layer + table * (c.tieWordEmbeddings ? 1 : 2) + H;
+  const largest = Math.max(table, mlp, q);
+  return { eager: 4 * eager, layer: 4 * layer, head: 4 * (table + H), largestTensor: 4 * largest, stream: 4 * (Math.max(layer, table + H) + largest) };
+}
+
+/** tfjs-wasm is a 32-bit heap: 4 GiB at most, shared with activations and copies. */
+export const WASM_EAGER_LIMIT = 2 * 2 ** 30;
+
+/**
+ * The automatic residency choice: eager when every float32 weight fits in half the free
+ * memory (loading briefly holds a second copy of a tensor, and the forward needs room
+ * for activations), and, on wasm, in its 32-bit heap; otherwise stream.
+ *
+ * @param float32Bytes 4 × parameters of the checkpoint
+ * @param freeBytes `os.freemem()` (Linux: MemAvailable)
+ */
+export function chooseResidency(float32Bytes: number, freeBytes: number, backend: string): { weights: Residency; reason: string } {
+  const gb = (n: number) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
+  const size = `float32 weights ${gb(float32Bytes)}`;
+  if (backend === 'wasm' && float32Bytes > WASM_EAGER_LIMIT) {
+    return { weights: 'stream', reason: `${size} exceed the ${gb(WASM_EAGER_LIMIT)} the wasm heap can hold` };
+  }
+  if (float32Bytes > freeBytes / 2) {
+    return { weights: 'stream', reason: `${size} exceed half of the ${gb(freeBytes)} free memory` };
+  }
+  return { weights: 'eager', reason: `${size} fit in half of the ${gb(freeBytes)} free memory` };
 }
 
 export interface LayerWeights {

@@ -39,7 +39,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const rtol = number(values.rtol as string | undefined, '--rtol', 1e-6, { min: 0 });
   const ref = Reference.open(refFile);
   try {
-    const model = await loadModelFromArgs(values);
+    const model = await loadModelFromArgs(values, io);
     try {
       const report = checkParity(model, ref, {
         atol,

@@ -1,0 +1,116 @@
+/**
+ * The quick start: the bundled trained model answers `47+38=`, layer by layer, and proves
+ * itself against the bundled reference computed by transformers.
+ */
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs-core';
+import { generate } from '../../generate/index.js';
+import { runWithCache } from '../../inspect/activations.js';
+import { lensHookNames, logitLens } from '../../inspect/lens.js';
+import { checkParity } from '../../inspect/parity.js';
+import { Reference } from '../../io/reference.js';
+import { parameterCount } from '../../model/config.js';
+import { disposeResult, type Transformer } from '../../model/transformer.js';
+import { loadTokenizer } from '../../tokenizer/index.js';
+import { number, parse } from '../args.js';
+import { fmt, loadModelFromArgs, MODEL_OPTIONS, table } from '../common.js';
+import type { CliIO } from '../io.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const DEFAULT_MODEL = path.join(ROOT, 'models', 'mistral-demo');
+
+export const summary = 'run the bundled demo model: a prompt, layer by layer, with its parity';
+
+export const usage = `usage: mistral-ref demo [--prompt TEXT] [--model DIR] [--reference FILE] [--backend cpu|wasm]
+
+Loads the bundled trained model (models/mistral-demo: 4 layers, hidden 128, a character
+tokenizer; it adds 2–3 digit numbers, copies and reverses strings), runs the prompt through
+it layer by layer (residual-stream size and the logit lens at the last position), generates
+the answer, then checks the model against the bundled reference outputs of transformers.
+
+  --prompt TEXT      default "47+38=" (BOS is added); try "471+382=", "abcde|", "hello>"
+  --model DIR        default models/mistral-demo (models/mixtral-demo is the MoE twin)
+  --reference FILE   default fixtures/refs/<model name>.json when it exists
+  --max-tokens N     default 12; generation stops at </s>
+  --backend NAME     cpu (default) or wasm
+`;
+
+export async function run(args: string[], io: CliIO): Promise<number> {
+  const { values } = parse(args, {
+    ...MODEL_OPTIONS,
+    prompt: { type: 'string' },
+    reference: { type: 'string' },
+    'max-tokens': { type: 'string' },
+  });
+  const dir = (values.model as string | undefined) ?? DEFAULT_MODEL;
+  const prompt = (values.prompt as string | undefined) ?? '47+38=';
+  const maxTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', 12, { min: 1, integer: true });
+  const refFile = (values.reference as string | undefined) ?? path.join(ROOT, 'fixtures', 'refs', `${path.basename(dir)}.json`);
+
+  const model = await loadModelFromArgs({ ...values, model: dir });
+  try {
+    const tokenizer = await loadTokenizer(dir);
+    const c = model.config;
+    io.stdout(`${path.basename(dir)}: ${c.arch}, ${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numHeads} heads ` +
+      `(${c.numKvHeads} kv), head_dim ${c.headDim}, window ${c.slidingWindow ?? 'none'}, vocab ${c.vocabSize}` +
+      `${c.numExperts ? `, ${c.numExperts} experts top-${c.numExpertsPerTok}` : ''}; ` +
+      `${parameterCount(c).toLocaleString('en-US')} parameters; backend ${tf.getBackend()}\n`);
+    const ids = tokenizer.encode(prompt, { bos: true });
+    io.stdout(`prompt ${JSON.stringify(prompt)} → ids [${ids.join(', ')}]\n\n`);
+    const unknown = ids.filter((id) => id === 0).length;
+    if (unknown > 0) io.stderr(`demo: ${unknown} character(s) of the prompt are outside this model's vocabulary and became <unk> (id 0)\n`);
+
+    io.stdout(`layer by layer at the last position (${JSON.stringify(tokenizer.idToPiece(ids.at(-1)!))}):\n`);
+    io.stdout(layerTable(model, ids, (id) => tokenizer.idToPiece(id)));
+
+    const out: number[] = [];
+    const t0 = performance.now();
+    for await (const tok of generate(model, ids, { maxNewTokens: maxTokens })) out.push(tok.id);
+    const ms = performance.now() - t0;
+    io.stdout(`\n${prompt}${tokenizer.decode(out)}    (greedy, ${out.length} tokens in ${ms.toFixed(0)} ms)\n`);
+
+    let ref: Reference | undefined;
+    try {
+      ref = Reference.open(refFile);
+    } catch {
+      io.stdout(`\nno reference at ${refFile}: parity not checked\n`);
+      return 0;
+    }
+    try {
+      const r = checkParity(model, ref);
+      const d = r.max_abs_diff;
+      io.stdout(`\nparity with ${path.relative(process.cwd(), refFile)} (transformers 4.47.1, float32): ` +
+        `logits max|Δ| ${fmt(d.logits!)}, layer outputs ${fmt(d.layer_out!)}, greedy ids ` +
+        `${r.prompts.every((p) => p.generated_ids_equal) ? 'identical' : 'DIFFERENT'}` +
+        `${r.checked.includes('expert_choices') ? `, expert choices ${r.prompts.every((p) => p.expert_choices_equal) ? 'identical' : 'DIFFERENT'}` : ''}` +
+        ` — ${r.pass ? 'PASS' : `FAIL (${r.failures.join(', ')})`}\n`);
+      return r.pass ? 0 : 1;
+    } finally {
+      ref.close();
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Residual-stream RMS after each layer and the logit lens (top token, probability) at the last position. */
+function layerTable(model: Transformer, ids: number[], piece: (id: number) => string): string {
+  const names = lensHookNames(model.config.numLayers);
+  const { result, cache } = runWithCache(model, ids, { names, lastOnly: true });
+  try {
+    const lens = logitLens(model, cache, { topK: 1 });
+    const rows = lens.rows.map((row, i) => {
+      const rms = tf.tidy(() => {
+        const last = tf.slice(cache.get(names[i]!) as tf.Tensor2D, [ids.length - 1, 0], [1, -1]);
+        return Math.sqrt(tf.mean(tf.square(last)).dataSync()[0]!);
+      });
+      const cell = row.positions[ids.length - 1]!;
+      return [row.label, rms.toFixed(2), JSON.stringify(piece(cell.ids[0]!)), cell.probs[0]!.toFixed(3)];
+    });
+    return table(['layer', 'rms(resid)', 'logit lens top-1', 'p'], rows);
+  } finally {
+    cache.dispose();
+    disposeResult(result);
+  }
+}

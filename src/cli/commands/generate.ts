@@ -1,0 +1,156 @@
+import { performance } from 'node:perf_hooks';
+import { DEFAULT_MAX_NEW_TOKENS, generate, randomSeed, TextStream, type StopReason } from '../../generate/index.js';
+import { findTokenizerFile, loadTokenizer, TokenizerError, type Tokenizer } from '../../tokenizer/index.js';
+import { idList, number, parse } from '../args.js';
+import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE } from '../common.js';
+import { UsageError } from '../errors.js';
+import type { CliIO } from '../io.js';
+
+export const summary = 'generate text or ids from a prompt, streaming';
+
+export const usage = `usage: mistral-ref generate --model DIR (--prompt TEXT | --ids 1,2,3) [options]
+
+Prefills the prompt (in chunks of the sliding window W), then generates one token at a
+time and prints it as soon as it is chosen: text when the model folder has a tokenizer,
+else the ids separated by spaces. Greedy unless --temperature > 0. Stops at the model's
+end-of-sequence id, at a --stop-ids id, after --max-tokens, or, for a model without a
+sliding window, at max_position_embeddings.
+
+${MODEL_USAGE}
+  --prompt TEXT          text, encoded with the model's tokenizer, BOS first
+  --ids LIST             the prompt as comma-separated token ids (no tokenizer needed)
+  --max-tokens N         most tokens to generate (default ${DEFAULT_MAX_NEW_TOKENS})
+  --temperature T        0 = greedy (default); sampling divides the logits by T
+  --top-k K              sample among the K most likely tokens only
+  --top-p P              sample among the most likely tokens whose probability reaches P
+  --seed S               seed for sampling, 0 ≤ S < 2^32 (default: random, shown by --json)
+  --stop-ids LIST        also stop after any of these ids
+  --ignore-eos           do not stop at the end-of-sequence id
+  --chunk N              prompt tokens per prefill forward (default W, or the whole prompt)
+  --json                 print one JSON object at the end: prompt_ids, generated_ids, text (with
+                         a tokenizer), stop_reason, seed, tokens_per_second, seconds, prefill_seconds
+
+On a terminal, stderr gets the speed: a final line with tokens/s, and with --json (when
+stdout stays quiet) a progress line updated every second.
+
+exit: 0 ok, 2 bad input (ids outside the vocabulary, an empty or too long prompt)
+`;
+
+/** Whether the model folder has a tokenizer we can read (then --ids output is text too). */
+function hasTokenizer(dir: string): boolean {
+  try {
+    findTokenizerFile(dir);
+    return true;
+  } catch (e) {
+    if (e instanceof TokenizerError) return false;
+    throw e;
+  }
+}
+
+export async function run(args: string[], io: CliIO): Promise<number> {
+  const { values } = parse(args, {
+    ...MODEL_OPTIONS,
+    prompt: { type: 'string' },
+    ids: { type: 'string' },
+    'max-tokens': { type: 'string' },
+    temperature: { type: 'string' },
+    'top-k': { type: 'string' },
+    'top-p': { type: 'string' },
+    seed: { type: 'string' },
+    'stop-ids': { type: 'string' },
+    'ignore-eos': { type: 'boolean' },
+    chunk: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const text = values.prompt as string | undefined;
+  const idsArg = values.ids as string | undefined;
+  if ((text === undefined) === (idsArg === undefined)) throw new UsageError('give the prompt as --prompt TEXT or as --ids 1,2,3 (one of them)');
+  const maxNewTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', DEFAULT_MAX_NEW_TOKENS, { min: 0, integer: true });
+  const temperature = number(values.temperature as string | undefined, '--temperature', 0, { min: 0 });
+  const topK = values['top-k'] === undefined ? undefined : number(values['top-k'] as string, '--top-k', 0, { min: 1, integer: true });
+  const topP = values['top-p'] === undefined ? undefined : number(values['top-p'] as string, '--top-p', 1, { min: 0, max: 1 });
+  if (topP === 0) throw new UsageError('--top-p expects a number > 0 and ≤ 1, got "0"');
+  const seed = number(values.seed as string | undefined, '--seed', temperature > 0 ? randomSeed() : 0, { min: 0, max: 2 ** 32 - 1, integer: true });
+  const stopIds = values['stop-ids'] === undefined ? [] : idList(values['stop-ids'] as string, '--stop-ids');
+  const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk as string, '--chunk', 0, { min: 1, integer: true });
+  const json = values.json === true;
+  const givenIds = idsArg === undefined ? null : idList(idsArg, '--ids');
+
+  const model = await loadModelFromArgs(values);
+  try {
+    const dir = model.checkpoint.dir;
+    const found = hasTokenizer(dir);
+    if (text !== undefined && !found) throw new UsageError(`--prompt needs a tokenizer in ${dir} (tokenizer.model or tokenizer.json); give token ids with --ids`);
+    const tokenizer: Tokenizer | null = found ? await loadTokenizer(dir) : null;
+    const promptIds = givenIds ?? tokenizer!.encode(text!, { bos: true });
+    const stream = tokenizer === null ? null : new TextStream((ids) => tokenizer.decode(ids), promptIds.slice(-1));
+    const progress = new Progress(io, json);
+
+    const generated: number[] = [];
+    let stopReason: StopReason = 'length';
+    const t0 = performance.now();
+    let prefillSeconds = 0;
+    for await (const t of generate(model, promptIds, {
+      maxNewTokens, temperature, topK, topP, seed, stopIds, stopAtEos: values['ignore-eos'] !== true, prefillChunk,
+    })) {
+      if (t.index === 0) prefillSeconds = (performance.now() - t0) / 1000;
+      generated.push(t.id);
+      if (t.stopReason !== undefined) stopReason = t.stopReason;
+      const piece = stream !== null ? stream.push(t.id) : `${t.index > 0 ? ' ' : ''}${t.id}`;
+      if (!json) io.stdout(piece);
+      progress.update(generated.length, (performance.now() - t0) / 1000);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const tokensPerSecond = seconds > 0 ? generated.length / seconds : 0;
+
+    if (json) {
+      io.stdout(JSON.stringify({
+        prompt_ids: promptIds,
+        generated_ids: generated,
+        ...(stream !== null ? { text: stream.text } : {}),
+        stop_reason: stopReason,
+        ...(temperature > 0 ? { seed } : {}),
+        tokens_per_second: tokensPerSecond,
+        seconds,
+        prefill_seconds: prefillSeconds,
+      }) + '\n');
+    } else {
+      io.stdout((stream?.flush() ?? '') + '\n');
+    }
+    progress.done(`generate: ${generated.length} tokens in ${seconds.toFixed(2)} s, ${tokensPerSecond.toFixed(1)} tokens/s ` +
+      `(prompt ${promptIds.length} tokens in ${prefillSeconds.toFixed(2)} s; stopped: ${stopReason})`);
+    return 0;
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * Speed on stderr, for a person watching a terminal. While text streams to stdout on the
+ * same terminal, a line rewritten in place would tear it, so the running line is shown
+ * only with --json; the final line always.
+ */
+class Progress {
+  private lastShown = 0;
+  private width = 0;
+
+  constructor(private readonly io: CliIO, private readonly running: boolean) {}
+
+  update(tokens: number, seconds: number): void {
+    if (!this.io.interactive || !this.running || seconds - this.lastShown < 1) return;
+    this.lastShown = seconds;
+    this.show(`generate: ${tokens} tokens, ${(tokens / seconds).toFixed(1)} tokens/s`);
+  }
+
+  done(line: string): void {
+    if (!this.io.interactive) return;
+    if (this.width > 0) this.show(line);
+    else this.io.stderr(line);
+    this.io.stderr('\n');
+  }
+
+  private show(line: string): void {
+    this.io.stderr(`\r${line.padEnd(this.width)}`);
+    this.width = line.length;
+  }
+}

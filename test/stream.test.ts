@@ -1,0 +1,155 @@
+/**
+ * Weight residency: `stream` (each layer read from disk when the forward reaches it, then
+ * freed) gives bit-identical results to `eager` on every golden model, holds at most one
+ * layer at a time, and reads a Mixtral expert only when a token is routed to it.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { autoResidency } from '../src/cli/common.js';
+import { MultiFileStore } from '../src/io/checkpoint.js';
+import { useBackend } from '../src/kernels/backend.js';
+import type { HookFn } from '../src/model/hooks.js';
+import { disposeResult, Transformer } from '../src/model/transformer.js';
+import { chooseResidency, estimateMemory, type Residency } from '../src/model/weights.js';
+import { runCli } from './helpers/cli.js';
+import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
+
+afterEach(() => vi.restoreAllMocks());
+
+const bits = (t: tf.Tensor) => Array.from(new Uint32Array((t.dataSync() as Float32Array).slice().buffer));
+
+/** Every float32 a model produces for one prompt: a full forward with hidden states, then cached decoding. */
+function outputs(model: string, weights: Residency): number[][] {
+  const m = Transformer.load(modelDir(model), { weights });
+  try {
+    const V = m.config.vocabSize;
+    const ids = Array.from({ length: 12 }, (_, t) => (7 * t + 3) % V);
+    const out: number[][] = [];
+    const full = m.forward(ids, { hiddenStates: true });
+    out.push(bits(full.logits), bits(full.embeddings!), ...full.layerOutputs!.map(bits), bits(full.finalNorm!));
+    disposeResult(full);
+    const cache = m.createCache();
+    const prefill = m.forward(ids, { cache, lastOnly: true });
+    out.push(bits(prefill.logits));
+    disposeResult(prefill);
+    for (const id of [5, 11, 2]) {
+      const step = m.forward([id % V], { cache, lastOnly: true });
+      out.push(bits(step.logits));
+      disposeResult(step);
+    }
+    cache.dispose();
+    return out;
+  } finally {
+    m.dispose();
+  }
+}
+
+describe.each(['cpu', 'wasm'] as const)('stream and eager agree bit for bit on %s', (backend) => {
+  it.each(GOLDEN_MODELS)('$model', async ({ model }) => {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    const eager = outputs(model, 'eager');
+    const stream = outputs(model, 'stream');
+    expect(stream.length).toBe(eager.length);
+    stream.forEach((s, i) => expect(s, `output ${i}`).toEqual(eager[i]));
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+describe('stream residency', () => {
+  it('holds no weights between forwards and at most one layer during one', async () => {
+    await useBackend('cpu');
+    const m = Transformer.load(modelDir('mistral-tiny'), { weights: 'stream' });
+    try {
+      const est = estimateMemory(m.config);
+      expect(m.weights.residentBytes).toBe(0);
+      const seen = new Map<string, number>();
+      const record: HookFn = (_t, name) => { seen.set(name, m.weights.residentBytes); };
+      const hooks = new Map<string, HookFn>([['blocks.0.hook_resid_post', record], ['blocks.2.hook_resid_post', record], ['hook_logits', record]]);
+      const before = tf.memory().numTensors;
+      const r = m.forward([1, 2, 3], { hooks });
+      disposeResult(r);
+      // One layer in full (all layers have the same size), then only the head.
+      expect(seen.get('blocks.0.hook_resid_post')).toBe(est.layer);
+      expect(seen.get('blocks.2.hook_resid_post')).toBe(est.layer);
+      expect(seen.get('hook_logits')).toBe(est.head);
+      expect(m.weights.residentBytes).toBe(0);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('eager holds every weight from load on', async () => {
+    await useBackend('cpu');
+    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'eager' });
+    try {
+      expect(m.weights.residentBytes).toBe(estimateMemory(m.config).eager);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it.each(['mixtral-tiny', 'mixtral-tiny-native', 'mixtral-demo'])('%s reads only the experts a token is routed to', async (model) => {
+    await useBackend('cpu');
+    const read = vi.spyOn(MultiFileStore.prototype, 'readFloat32');
+    const m = Transformer.load(modelDir(model), { weights: 'stream' });
+    try {
+      expect(read).not.toHaveBeenCalled(); // load reads headers only
+      const r = m.forward([3], {});
+      const routing = r.routing!;
+      disposeResult(r);
+      const E = m.config.numExperts!;
+      const k = m.config.numExpertsPerTok!;
+      expect(routing.length).toBe(m.config.numLayers);
+      // HF: model.layers.L.block_sparse_moe.experts.E.w1.weight; native: layers.L.feed_forward.experts.E.w1.weight
+      const loaded = new Set<string>();
+      for (const [name] of read.mock.calls) {
+        const match = /layers\.(\d+)\.(?:block_sparse_moe|feed_forward)\.experts\.(\d+)\.w[123]\.weight$/.exec(name);
+        if (match) loaded.add(`${match[1]}/${match[2]}`);
+      }
+      const chosen = new Set(routing.flatMap((l, layer) => Array.from(l.experts).map((e) => `${layer}/${e}`)));
+      expect(chosen.size).toBe(m.config.numLayers * k); // one token: k distinct experts per layer
+      expect([...loaded].sort()).toEqual([...chosen].sort());
+      expect(k).toBeLessThan(E); // so some experts were really skipped
+      // Each chosen expert read once per matrix (w1, w2, w3), nothing twice.
+      const expertReads = read.mock.calls.filter(([name]) => /experts\.\d+\.w[123]\.weight$/.test(name));
+      expect(expertReads.length).toBe(3 * chosen.size);
+    } finally {
+      m.dispose();
+    }
+  });
+});
+
+describe('--weights auto', () => {
+  it('chooses eager when the float32 weights fit in half the free memory, stream otherwise', () => {
+    const GiB = 2 ** 30;
+    expect(chooseResidency(4 * GiB, 16 * GiB, 'cpu')).toEqual({ weights: 'eager', reason: 'float32 weights 4.0 GiB fit in half of the 16.0 GiB free memory' });
+    expect(chooseResidency(29 * GiB, 20 * GiB, 'cpu')).toEqual({ weights: 'stream', reason: 'float32 weights 29.0 GiB exceed half of the 20.0 GiB free memory' });
+    expect(chooseResidency(9 * GiB, 16 * GiB, 'cpu').weights).toBe('stream');
+    // wasm's 32-bit heap cannot hold a 7B model whatever the machine
+    expect(chooseResidency(3 * GiB, 128 * GiB, 'wasm')).toEqual({ weights: 'stream', reason: 'float32 weights 3.0 GiB exceed the 2.0 GiB the wasm heap can hold' });
+    expect(chooseResidency(3 * GiB, 128 * GiB, 'cpu').weights).toBe('eager');
+  });
+
+  it('sizes a checkpoint from its headers', () => {
+    // mistral-tiny: embedding + head 2·1000·64, final norm 64, and 3 layers of
+    // q 64·64 + k 32·64 + v 32·64 + o 64·64 + 3·64·176 (SwiGLU) + 2·64 (norms) = 46 208:
+    // 266 688 parameters, 4 bytes each.
+    const bytes = 4 * (2 * 1000 * 64 + 64 + 3 * 46_208);
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34).weights).toBe('eager');
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes - 1).weights).toBe('stream');
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes).weights).toBe('eager');
+  });
+
+  it('the CLI accepts --weights auto|eager|stream and refuses anything else', async () => {
+    for (const mode of ['auto', 'eager', 'stream']) {
+      const r = await runCli(['parity', '--model', modelDir('mixtral-tiny'), '--reference', refFile('mixtral-tiny'), '--weights', mode]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toBe(''); // not interactive: auto says nothing
+    }
+    const bad = await runCli(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny'), '--weights', 'lazy']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toBe('mistral-ref parity: --weights must be one of auto, eager, stream, got "lazy"\n');
+  });
+});
