@@ -56,6 +56,8 @@ async function child(dir: string): Promise<void> {
   const logits = r.logits.dataSync();
   const t2 = performance.now();
   const finite = Array.from(logits).every(Number.isFinite);
+  // Mixtral: how many distinct experts each layer read (the prompt's tokens route to these).
+  const expertsRead = r.routing?.map((l) => new Set(l.experts).size);
   disposeResult(r);
   model.dispose();
   console.log(JSON.stringify({
@@ -65,6 +67,7 @@ async function child(dir: string): Promise<void> {
     forwardSeconds: (t2 - t1) / 1000,
     finite,
     tensorsLeft: tf.memory().numTensors,
+    ...(expertsRead ? { expertsRead } : {}),
   }));
 }
 
@@ -75,7 +78,8 @@ async function parent(): Promise<void> {
   const counts = values.layers!.split(',').map(Number);
   const root = fs.mkdtempSync(path.join(values.dir ?? os.tmpdir(), 'mistral-ref-memory-'));
   const self = fileURLToPath(import.meta.url);
-  const results: Array<{ layers: number; maxRssBytes: number; loadSeconds: number; forwardSeconds: number; finite: boolean; synthSeconds: number; diskBytes: number }> = [];
+  const results: Array<{ layers: number; maxRssBytes: number; loadSeconds: number; forwardSeconds: number; finite: boolean;
+    tensorsLeft: number; expertsRead?: number[]; synthSeconds: number; diskBytes: number }> = [];
   const full = planSynth({ preset }).config.numLayers;
   console.log(`memory: ${preset}, ${values.dtype}, ${values.weights} mode, ${values.backend} backend, ${values.tokens}-token prompt, layers ${counts.join(' and ')} of ${full}`);
   try {
@@ -95,7 +99,8 @@ async function parent(): Promise<void> {
       results.push(r);
       console.log(`  ${String(n).padStart(2)} layers: peak RSS ${(r.maxRssBytes / GiB).toFixed(2)} GiB  ` +
         `(checkpoint ${(diskBytes / 1e9).toFixed(2)} GB written in ${synthSeconds.toFixed(0)} s; load ${r.loadSeconds.toFixed(2)} s, ` +
-        `forward ${r.forwardSeconds.toFixed(1)} s, logits finite: ${r.finite}, tensors left: ${r.tensorsLeft})`);
+        `forward ${r.forwardSeconds.toFixed(1)} s, logits finite: ${r.finite}, tensors left: ${r.tensorsLeft}` +
+        (r.expertsRead ? `, experts read per layer: ${r.expertsRead.join(' ')}` : '') + ')');
     }
   } finally {
     fs.rmSync(root, { recursive: true, force: true });

@@ -1,1 +1,41 @@
-export {};
+/**
+ * mistral-ref: the public API.
+ *
+ *   import { useBackend, Transformer, generate, runWithCache, loadTokenizer } from 'mistral-ref';
+ *
+ *   await useBackend('wasm');
+ *   const model = Transformer.load('models/mistral-demo');
+ *   const tok = await loadTokenizer('models/mistral-demo');
+ *   for await (const t of generate(model, tok.encode('47+38=', { bos: true }))) process.stdout.write(tok.decode([t.id]));
+ *   model.dispose();
+ */
+
+// floor 1: files, tokenizers, backends
+export * from './io/checkpoint.js';
+export * from './io/errors.js';
+export * from './io/reference.js';
+export * from './io/safetensors.js';
+export * from './kernels/backend.js';
+export { linear, makeLinear, type Linear } from './kernels/linear.js';
+export * from './tokenizer/index.js';
+
+// floor 2: the model
+export * from './model/cache.js';
+export * from './model/config.js';
+export * from './model/errors.js';
+export * from './model/hooks.js';
+export { canAttend, maskBias } from './model/mask.js';
+export { routeToken, type Routing } from './model/moe.js';
+export * from './model/transformer.js';
+export { expectedTensors, nativeName, type Residency } from './model/weights.js';
+
+// floor 3: generation and stepping through layers
+export * from './generate/index.js';
+export * from './inspect/activations.js';
+export * from './inspect/hookpoints.js';
+export * from './inspect/lens.js';
+export * from './inspect/parity.js';
+export * from './inspect/patching.js';
+export * from './inspect/patterns.js';
+export * from './inspect/routing.js';
+export { traceModel, writeTrace, type TraceReport } from './inspect/trace.js';

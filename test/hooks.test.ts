@@ -18,16 +18,10 @@ import type { ModelConfig } from '../src/model/config.js';
 import { HookError } from '../src/model/hooks.js';
 import { routeToken } from '../src/model/moe.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { modelDir, refFile, ROOT } from './helpers/fixtures.js';
+import { modelDir, refFile, ROOT, sharedModels } from './helpers/fixtures.js';
 
-const models = new Map<string, Transformer>();
-const load = (name: string): Transformer => {
-  let m = models.get(name);
-  if (m === undefined) models.set(name, (m = Transformer.load(modelDir(name))));
-  return m;
-};
+const load = sharedModels();
 beforeAll(() => useBackend('cpu'));
-afterAll(() => { for (const m of models.values()) m.dispose(); });
 
 const IDS_A = [1, 269, 505, 717, 918, 977, 694, 348, 713, 946, 913, 118];
 const IDS_B = [1, 42, 17, 99, 500, 3, 640, 811, 27, 330, 71, 5];

@@ -7,7 +7,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TraceReport } from '../src/inspect/trace.js';
 import { useBackend } from '../src/kernels/backend.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { loadTokenizer } from '../src/tokenizer/index.js';
 import { runCli } from './helpers/cli.js';
 import { modelDir } from './helpers/fixtures.js';
 
@@ -20,8 +19,6 @@ const PNG_MAGIC = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 const readJson = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'layers.json'), 'utf8')) as TraceReport;
 
 /** The --prompt test needs the tokenizer, which another part of the project provides. */
-const tokenizerReady = await loadTokenizer(modelDir('mistral-demo')).then(() => true, () => false);
-
 describe('mistral-ref trace', () => {
   it('dense model: prints the table and writes layers.md, layers.json, attention and logit-lens pictures', async () => {
     const out = path.join(tmp, 'dense');
@@ -90,7 +87,7 @@ describe('mistral-ref trace', () => {
     for (const l of [0, 1, 2]) expect(svg).toContain(`>layer ${l}</text>`);
   });
 
-  it.skipIf(!tokenizerReady)('--prompt encodes with the model folder\'s tokenizer (BOS first) and labels with its pieces', async () => {
+  it('--prompt encodes with the model folder\'s tokenizer (BOS first) and labels with its pieces', async () => {
     const out = path.join(tmp, 'prompt');
     const r = await runCli(['trace', '--model', modelDir('mistral-demo'), '--prompt', '47+38=', '--out', out, '--no-png']);
     expect(r.stderr).toBe('');
@@ -100,6 +97,15 @@ describe('mistral-ref trace', () => {
     expect(report.tokens).toEqual(['<s>', '4', '7', '+', '3', '8', '=']);
     expect(report.prediction[0]!.piece).toBe('8'); // 47 + 38 = 85
     expect(fs.readFileSync(path.join(out, 'logit-lens.svg'), 'utf8')).toContain('>6 =</text>');
+  });
+
+  it('--no-bos encodes without BOS; --ids on a folder with a tokenizer labels with its pieces', async () => {
+    const r = await runCli(['trace', '--model', modelDir('mistral-demo'), '--prompt', '1 2', '--no-bos', '--out', path.join(tmp, 'nobos'), '--no-png']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('3 tokens: 1 ␣ 2');
+    const s = await runCli(['trace', '--model', modelDir('mistral-demo'), '--ids', '1,24,27', '--out', path.join(tmp, 'ids'), '--no-png']);
+    expect(s.code).toBe(0);
+    expect(s.stdout).toContain('3 tokens: <s> 4 7');
   });
 
   it.each([

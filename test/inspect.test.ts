@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { Reference } from '../src/io/reference.js';
 import { runWithCache } from '../src/inspect/activations.js';
 import { lensHookNames, logitLens } from '../src/inspect/lens.js';
@@ -18,16 +18,10 @@ import { useBackend } from '../src/kernels/backend.js';
 import { HookError } from '../src/model/hooks.js';
 import type { Routing } from '../src/model/moe.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { modelDir, refFile } from './helpers/fixtures.js';
+import { modelDir, refFile, sharedModels } from './helpers/fixtures.js';
 
-const models = new Map<string, Transformer>();
-const load = (name: string): Transformer => {
-  let m = models.get(name);
-  if (m === undefined) models.set(name, (m = Transformer.load(modelDir(name))));
-  return m;
-};
+const load = sharedModels();
 beforeAll(() => useBackend('cpu'));
-afterAll(() => { for (const m of models.values()) m.dispose(); });
 
 const IDS = [1, 269, 505, 717, 918, 977, 694, 348, 713, 946, 913, 118];
 

@@ -324,7 +324,7 @@ describe('the CLI answers each with exit 2 and one line', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(new RegExp(`^mistral-ref inspect: ${file}: PyTorch pickle checkpoints are not read .*only safetensors is\\. Convert once in Python: .*\\n$`));
     const missing = await runCli(['inspect', '--model', path.join(tmp.dir, 'nowhere')]);
-    expect(missing.stderr).toBe(`mistral-ref inspect: ${tmp.dir}/nowhere: no such directory\n`);
+    expect(missing.stderr).toBe(`mistral-ref inspect: ${tmp.dir}/nowhere: not a directory: nothing exists at this path\n`);
   });
 });
 

@@ -120,6 +120,28 @@ describe('reading valid files', () => {
     }
   });
 
+  it('widens a tensor larger than one conversion chunk, across chunk boundaries', () => {
+    const n = (1 << 22) + 5; // one 4 Mi-element chunk and a bit
+    const halves = new Uint16Array(n);
+    for (let i = 0; i < n; i++) halves[i] = 0x3f80 + (i % 97) - 48; // values around 1, both signs of the step
+    const p = file([{ name: 'big', dtype: 'BF16', shape: [n], bytes: new Uint8Array(halves.buffer) }]);
+    const f = SafetensorsFile.open(p);
+    try {
+      const expected = (i: number) => {
+        const v = new DataView(new ArrayBuffer(4));
+        v.setUint32(0, halves[i]! * 65536);
+        return v.getFloat32(0);
+      };
+      const all = f.readFloat32('big');
+      expect(all.length).toBe(n);
+      for (const i of [0, 1, (1 << 22) - 1, 1 << 22, n - 1]) expect(all[i]).toBe(expected(i));
+      const across = f.readFloat32('big', (1 << 22) - 2, 6);
+      expect(Array.from(across)).toEqual([0, 1, 2, 3, 4, 5].map((k) => expected((1 << 22) - 2 + k)));
+    } finally {
+      f.close();
+    }
+  });
+
   it('toFloat32 accepts unaligned input and refuses a partial element', () => {
     const bytes = new Uint8Array([0, 0x00, 0x3c, 0x00, 0xc0]).subarray(1); // F16 [1, -2] at offset 1
     expect(Array.from(toFloat32(bytes, 'F16'))).toEqual([1, -2]);

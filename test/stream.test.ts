@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { autoResidency } from '../src/cli/common.js';
+import { main } from '../src/cli/main.js';
 import { MultiFileStore } from '../src/io/checkpoint.js';
 import { useBackend } from '../src/kernels/backend.js';
 import type { HookFn } from '../src/model/hooks.js';
@@ -80,6 +81,24 @@ describe('stream residency', () => {
     }
   });
 
+  it('holds one Mixtral expert at a time, however many the tokens choose', async () => {
+    await useBackend('cpu');
+    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream' });
+    try {
+      let resident = -1;
+      const hooks = new Map<string, HookFn>([['blocks.0.hook_mlp_out', () => { resident = m.weights.residentBytes; }]]);
+      const r = m.forward([3, 14, 15, 92, 65, 35, 89, 79, 323, 84], { hooks });
+      const distinct = new Set(r.routing![0]!.experts).size;
+      disposeResult(r);
+      expect(distinct).toBeGreaterThan(2); // more experts chosen than one token's k = 2
+      // Layer 0 when its MoE is done: attention q 64·64 + k 32·64 + v 32·64 + o 64·64, two
+      // norms 2·64, router 4·64, and the last expert only: 3·128·64. float32.
+      expect(resident).toBe(4 * (4096 + 2048 + 2048 + 4096 + 128 + 256 + 3 * 128 * 64));
+    } finally {
+      m.dispose();
+    }
+  });
+
   it('eager holds every weight from load on', async () => {
     await useBackend('cpu');
     const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'eager' });
@@ -140,6 +159,14 @@ describe('--weights auto', () => {
     expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34).weights).toBe('eager');
     expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes - 1).weights).toBe('stream');
     expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes).weights).toBe('eager');
+  });
+
+  it('says what auto chose on stderr when stderr is a terminal', async () => {
+    let stderr = '';
+    const io = { stdout: () => {}, stderr: (t: string) => { stderr += t; }, interactive: true, stdin: async function* () {} };
+    const code = await main(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny')], io);
+    expect(code).toBe(0);
+    expect(stderr).toMatch(/^weights: eager \(float32 weights 1\.0 MiB fit in half of the \d+\.\d GiB free memory; --weights eager\|stream overrides\)\n/);
   });
 
   it('the CLI accepts --weights auto|eager|stream and refuses anything else', async () => {

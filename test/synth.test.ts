@@ -208,6 +208,15 @@ describe('bad synth options', () => {
     expect(r.stderr).toBe(`mistral-ref synth: ${message}\n`);
   });
 
+  it('a folder it cannot create is exit 2, one line', async () => {
+    const file = path.join(tmp.dir, 'a-file');
+    fs.writeFileSync(file, '');
+    const out = path.join(file, 'model');
+    const r = await runCli(['synth', '--preset', 'mistral-7b-v0.1', '--layers', '1', ...TINY, '--out', out]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(new RegExp(`^mistral-ref synth: ${out}: cannot write: ENOTDIR: .*\\n$`));
+  });
+
   it('refuses to write into a folder that is not empty', async () => {
     const out = outDir();
     fs.mkdirSync(out);

@@ -179,7 +179,7 @@ export function openCheckpoint(dir: string): Checkpoint {
   } catch (e) {
     if (e instanceof CheckpointError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
-    throw new CheckpointError(dir, code === 'ENOENT' ? 'no such directory' : `cannot read: ${(e as Error).message}`);
+    throw new CheckpointError(dir, code === 'ENOENT' ? 'not a directory: nothing exists at this path' : `cannot read: ${(e as Error).message}`);
   }
   const has = (f: string) => entries.includes(f);
   const safetensors = entries.filter((f) => f.endsWith('.safetensors')).sort();

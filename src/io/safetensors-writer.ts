@@ -10,6 +10,7 @@
  * with tensors in the order given and contiguous data_offsets, as the reader requires.
  */
 import * as fs from 'node:fs';
+import { CheckpointError } from './errors.js';
 import { dtypeSize } from './safetensors.js';
 
 export type WritableDType = 'F32' | 'BF16';
@@ -77,9 +78,18 @@ export function toBf16Bits(src: Float32Array, out: Uint16Array): void {
  */
 export function writeSafetensors(path: string, specs: readonly TensorSpec[], dtype: WritableDType, fill: Fill,
   onBytes?: (written: number) => void): void {
-  const fd = fs.openSync(path, 'w');
+  let fd: number;
   try {
-    fs.writeSync(fd, headerBytes(specs, dtype));
+    fd = fs.openSync(path, 'w');
+  } catch (e) {
+    throw new CheckpointError(path, `cannot write: ${(e as Error).message}`);
+  }
+  try {
+    try {
+      fs.writeSync(fd, headerBytes(specs, dtype));
+    } catch (e) {
+      throw new CheckpointError(path, `write failed: ${(e as Error).message}`);
+    }
     const f32 = new Float32Array(CHUNK);
     const bf16 = new Uint16Array(CHUNK);
     let written = 0;
@@ -97,7 +107,11 @@ export function writeSafetensors(path: string, specs: readonly TensorSpec[], dty
           bytes = new Uint8Array(bf16.buffer, 0, 2 * n);
         }
         let done = 0;
-        while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done);
+        try {
+          while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done);
+        } catch (e) {
+          throw new CheckpointError(path, `write failed after ${written + done} data bytes: ${(e as Error).message}`, s.name);
+        }
         written += bytes.length;
         onBytes?.(written);
       }

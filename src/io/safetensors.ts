@@ -13,6 +13,8 @@
  * The header maps tensor names to `{dtype, shape, data_offsets: [begin, end]}` with offsets
  * relative to the data buffer, plus an optional `__metadata__` string→string map. The
  * buffer must be covered exactly: tensors contiguous, in offset order, no gaps, no overlap.
+ * Data are little-endian; typed-array views use the platform's order, which is little-endian
+ * on every platform Node supports.
  */
 import * as fs from 'node:fs';
 import { CheckpointError, SafetensorsFormatError } from './errors.js';
@@ -127,9 +129,24 @@ export class SafetensorsFile {
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(n) || start < 0 || n < 0 || start + n > total) {
       throw new SafetensorsFormatError(this.path, `element range ${start}+${n} outside 0..${total}`, name);
     }
-    const bytes = this.readRange(t.begin + start * size, n * size, name);
-    // F32: view the fresh buffer itself rather than copy a 700 MB tensor a second time.
-    return t.dtype === 'F32' ? new Float32Array(bytes.buffer) : toFloat32(bytes, t.dtype);
+    const position = t.begin + start * size;
+    if (t.dtype === 'F32') {
+      // Read straight into the result's bytes: no second copy of a 700 MB tensor.
+      return new Float32Array(this.readRange(position, n * 4, name).buffer);
+    }
+    // Half precision: read in chunks through one small scratch buffer and widen each
+    // chunk while it is in cache, so a 14336×4096 bf16 matrix never exists twice.
+    const out = new Float32Array(n);
+    if (this.fd === null) throw new CheckpointError(this.path, 'file already closed', name);
+    const chunk = Math.min(n, CONVERT_CHUNK);
+    const scratch = new Uint8Array(chunk * 2);
+    for (let i = 0; i < n; i += chunk) {
+      const m = Math.min(chunk, n - i);
+      const bytes = scratch.subarray(0, m * 2);
+      readFully(this.path, this.fd, bytes, position + i * 2, name);
+      widenInto(new Uint16Array(scratch.buffer, 0, m), t.dtype, out.subarray(i, i + m));
+    }
+    return out;
   }
 
   close(): void {
@@ -177,16 +194,24 @@ export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
   const aligned = bytes.byteOffset % size === 0 ? bytes : bytes.slice();
   if (dtype === 'F32') return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4).slice();
   const n = aligned.byteLength / 2;
-  const halves = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
   const out = new Float32Array(n);
+  widenInto(new Uint16Array(aligned.buffer, aligned.byteOffset, n), dtype, out);
+  return out;
+}
+
+/** Elements widened per chunk by readFloat32 (8 MB of bf16 scratch). */
+const CONVERT_CHUNK = 1 << 22;
+
+/** Widens little-endian F16/BF16 elements into `out` (same length), exactly. */
+function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array): void {
+  const n = halves.length;
   if (dtype === 'BF16') {
     // bf16 is the top half of a float32: shifting the bits back is exact.
-    const bits = new Uint32Array(out.buffer);
+    const bits = new Int32Array(out.buffer, out.byteOffset, n);
     for (let i = 0; i < n; i++) bits[i] = halves[i]! << 16;
   } else {
     for (let i = 0; i < n; i++) out[i] = halfToFloat(halves[i]!);
   }
-  return out;
 }
 
 /** IEEE 754 binary16 → number (every half is exactly representable in float32). */

@@ -260,7 +260,16 @@ export function synthesize(plan: SynthPlan, out: string, onProgress?: (p: SynthP
   if (fs.existsSync(out) && (!fs.statSync(out).isDirectory() || fs.readdirSync(out).length > 0)) {
     throw new CheckpointError(out, 'exists and is not an empty folder; synth does not overwrite');
   }
-  fs.mkdirSync(out, { recursive: true });
+  try {
+    fs.mkdirSync(out, { recursive: true });
+    writeAll(plan, out, onProgress);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    throw new CheckpointError(out, `cannot write: ${(e as Error).message}`);
+  }
+}
+
+function writeAll(plan: SynthPlan, out: string, onProgress?: (p: SynthProgress) => void): void {
   const shapes = new Map(plan.shards.flatMap((s) => s.tensors.map((t) => [t.name, t.shape] as const)));
   const fill = syntheticFill(plan.seed, shapes);
   let before = 0;

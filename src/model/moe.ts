@@ -6,7 +6,11 @@ import type { HookScope } from './hooks.js';
 export interface MoeWeights {
   readonly router: Linear; // [experts, hidden]
   readonly numExperts: number;
-  /** Loads (stream mode) or returns expert e's SwiGLU weights; called only for chosen experts. */
+  /**
+   * Loads (stream mode) or returns expert e's SwiGLU weights; called only for chosen
+   * experts, and each expert's work finishes before the next is asked for, so stream mode
+   * may free expert e when expert e′ is requested (one expert resident per layer).
+   */
   expert(e: number): FeedForwardWeights;
 }
 

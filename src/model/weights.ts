@@ -7,7 +7,9 @@
  *
  * Residency: `eager` turns every tensor into a float32 tf tensor at load; `stream` reads a
  * layer's tensors from disk when the forward reaches it and frees them after
- * (`releaseLayer`), so a checkpoint larger than memory runs layer by layer.
+ * (`releaseLayer`), so a checkpoint larger than memory runs layer by layer. In stream mode
+ * a Mixtral expert is read only when a token is routed to it, and only one expert of a
+ * layer is resident at a time.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint, TensorStore } from '../io/checkpoint.js';
@@ -336,7 +338,13 @@ export class ModelWeights {
       moe: {
         router: this.linear(p + 'block_sparse_moe.gate.weight'),
         numExperts: c.numExperts,
-        expert: (i) => swiglu(e(i) + 'w1.weight', e(i) + 'w3.weight', e(i) + 'w2.weight'),
+        expert: (i) => {
+          // Stream mode holds one expert at a time: asking for expert i frees the one asked
+          // for before it. The MoE runs each expert to completion before asking for the next
+          // (tfjs executes ops eagerly), so a Mixtral layer needs 1 expert resident, not 8.
+          if (this.residency === 'stream') this.releaseWhere((name) => name.startsWith(`${p}block_sparse_moe.experts.`) && !name.startsWith(e(i)));
+          return swiglu(e(i) + 'w1.weight', e(i) + 'w3.weight', e(i) + 'w2.weight');
+        },
       },
     };
   }

@@ -28,3 +28,13 @@ export function escapeControls(text: string): string {
 export function excerpt(text: string, max = 60): string {
   return JSON.stringify(text.length > max ? `${text.slice(0, max)}…` : text);
 }
+
+/** A request that does not fit the format: names the message at fault. */
+export class ChatFormatError extends TokenizerError {
+  override readonly name = 'ChatFormatError';
+}
+
+/** The model's [TOOL_CALLS] output could not be read back. */
+export class ToolCallParseError extends TokenizerError {
+  override readonly name = 'ToolCallParseError';
+}

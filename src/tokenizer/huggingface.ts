@@ -21,7 +21,8 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import type { AssistantOutput, ChatRequest } from './chat-types.js';
 import { TokenizerError } from './errors.js';
-import { encodeInstruct, parseAssistantIds, type InstructVersion } from './instruct.js';
+import { encodeInstruct, type InstructVersion } from './instruct.js';
+import { parseAssistantIds } from './tool-calls.js';
 import type { ChatFormat, LoadedTokenizer } from './types.js';
 
 type Config = Record<string, unknown>;
@@ -67,7 +68,9 @@ export class HuggingFaceTokenizer implements LoadedTokenizer {
         this.specialIds.add(id);
       }
     }
-    this.vocabSize = Math.max(-1, ...this.lib.get_vocab(true).values()) + 1;
+    let maxId = -1;
+    for (const id of this.lib.get_vocab(true).values()) maxId = Math.max(maxId, id);
+    this.vocabSize = maxId + 1;
     const idOf = (key: string): number | null => {
       const text = tokenText(config[key]);
       return text === null ? null : this.lib.token_to_id(text) ?? null;

@@ -21,8 +21,9 @@ import type { LoadedTokenizer } from './types.js';
 
 export type { ChatFormat, LoadedTokenizer, Tokenizer } from './types.js';
 export type { AssistantOutput, ChatMessage, ChatRequest, ParsedToolCall, Tool, ToolCall } from './chat-types.js';
-export { TokenizerError } from './errors.js';
-export { ChatFormatError, parseToolCalls, ToolCallParseError, type InstructVersion } from './instruct.js';
+export { ChatFormatError, TokenizerError, ToolCallParseError } from './errors.js';
+export type { InstructVersion } from './instruct.js';
+export { parseToolCalls, randomCallId } from './tool-calls.js';
 export { HuggingFaceTokenizer } from './huggingface.js';
 export { SentencePieceTokenizer } from './sentencepiece.js';
 export { PieceType } from './sentencepiece-model.js';

@@ -20,7 +20,8 @@
  */
 import { bpeSegment, type BpeVocab } from './bpe.js';
 import type { AssistantOutput, ChatRequest } from './chat-types.js';
-import { encodeInstruct, parseAssistantIds, type InstructVersion } from './instruct.js';
+import { encodeInstruct, type InstructVersion } from './instruct.js';
+import { parseAssistantIds } from './tool-calls.js';
 import { TokenizerError } from './errors.js';
 import { MODEL_TYPES, PieceType, type SentencePieceModel } from './sentencepiece-model.js';
 import type { ChatFormat, LoadedTokenizer } from './types.js';

@@ -1,6 +1,8 @@
 /** Paths to the golden fixtures (copied from ../shared/golden) and the bundled demo models. */
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterAll } from 'vitest';
+import { Transformer } from '../../src/model/transformer.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const FIXTURES = path.join(ROOT, 'fixtures');
@@ -21,3 +23,17 @@ export const GOLDEN_MODELS: ReadonlyArray<{ model: string; ref: string }> = [
   { model: 'mistral-demo', ref: 'mistral-demo' },
   { model: 'mixtral-demo', ref: 'mixtral-demo' },
 ];
+
+/**
+ * A per-file model loader: each model is loaded once, on first use, and disposed after
+ * the file's tests (loading is cheap but not free, and tfjs tensors need disposing).
+ */
+export function sharedModels(): (name: string) => Transformer {
+  const models = new Map<string, Transformer>();
+  afterAll(() => { for (const m of models.values()) m.dispose(); });
+  return (name) => {
+    let m = models.get(name);
+    if (m === undefined) models.set(name, (m = Transformer.load(modelDir(name))));
+    return m;
+  };
+}

@@ -48,7 +48,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const maxTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', 12, { min: 1, integer: true });
   const refFile = (values.reference as string | undefined) ?? path.join(ROOT, 'fixtures', 'refs', `${path.basename(dir)}.json`);
 
-  const model = await loadModelFromArgs({ ...values, model: dir });
+  const model = await loadModelFromArgs({ ...values, model: dir }, io);
   try {
     const tokenizer = await loadTokenizer(dir);
     const c = model.config;

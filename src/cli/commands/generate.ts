@@ -76,7 +76,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const json = values.json === true;
   const givenIds = idsArg === undefined ? null : idList(idsArg, '--ids');
 
-  const model = await loadModelFromArgs(values);
+  const model = await loadModelFromArgs(values, io);
   try {
     const dir = model.checkpoint.dir;
     const found = hasTokenizer(dir);

@@ -68,7 +68,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   }
   const ids = prompt !== undefined ? tokenizer!.encode(prompt, { bos: values['no-bos'] !== true }) : idList(idsArg!, '--ids');
 
-  const model = await loadModelFromArgs(values);
+  const model = await loadModelFromArgs(values, io);
   try {
     const bad = layers?.find((l) => l >= model.config.numLayers);
     if (bad !== undefined) throw new UsageError(`--layers: layer ${bad} does not exist (the model has ${model.config.numLayers})`);
