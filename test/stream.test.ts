@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { autoResidency } from '../src/cli/common.js';
+import { autoResidency, residencyNote } from '../src/cli/common.js';
 import { main } from '../src/cli/main.js';
 import { MultiFileStore } from '../src/io/checkpoint.js';
 import { useBackend } from '../src/kernels/backend.js';
@@ -161,12 +161,15 @@ describe('--weights auto', () => {
     expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes).weights).toBe('eager');
   });
 
-  it('says what auto chose on stderr when stderr is a terminal', async () => {
+  it('says on a terminal when auto chose to stream, and stays quiet when it loads eagerly', async () => {
     let stderr = '';
     const io = { stdout: () => {}, stderr: (t: string) => { stderr += t; }, interactive: true, stdin: async function* () {} };
     const code = await main(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny')], io);
     expect(code).toBe(0);
-    expect(stderr).toMatch(/^weights: eager \(float32 weights 1\.0 MiB fit in half of the \d+\.\d GiB free memory; --weights eager\|stream overrides\)\n/);
+    expect(stderr).toBe('parity: prompt p0 (1/3)\nparity: prompt p1 (2/3)\nparity: prompt p2 (3/3)\n'); // progress, no weights line
+    expect(residencyNote(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34))).toBeNull();
+    expect(residencyNote(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 20))).toBe(
+      'weights: stream (float32 weights 1.0 MiB exceed half of the 1.0 MiB free memory; --weights eager|stream overrides)\n');
   });
 
   it('the CLI accepts --weights auto|eager|stream and refuses anything else', async () => {

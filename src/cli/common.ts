@@ -25,7 +25,7 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
 /**
  * Selects the backend, then loads the model named by --model with the residency --weights
  * asks for. `auto` weighs the checkpoint's float32 size (from its headers) against free
- * memory, and says what it chose on stderr when stderr is a terminal.
+ * memory, and says on stderr (when it is a terminal) when it chose to stream.
  */
 export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): Promise<Transformer> {
   const name = backend(values.backend as string | undefined);
@@ -36,11 +36,17 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
   if (mode === 'auto') {
     const choice = autoResidency(dir, name);
     weights = choice.weights;
-    if (io?.interactive) io.stderr(`weights: ${choice.weights} (${choice.reason}; --weights eager|stream overrides)\n`);
+    const note = residencyNote(choice);
+    if (io?.interactive && note !== null) io.stderr(note);
   } else {
     weights = mode;
   }
   return Transformer.load(dir, { weights });
+}
+
+/** The line `auto` prints: only for streaming, which explains why a big model runs slowly. */
+export function residencyNote(choice: ReturnType<typeof chooseResidency>): string | null {
+  return choice.weights === 'stream' ? `weights: stream (${choice.reason}; --weights eager|stream overrides)\n` : null;
 }
 
 /** The `--weights auto` decision for a checkpoint folder (reads its headers only). */

@@ -44,21 +44,17 @@ export interface LayerCache {
   dispose(): void;
 }
 
-/** Keeps every key: memory grows with the text (models without a sliding window). */
-export class FullCache implements LayerCache {
-  private k: tf.Tensor3D | null = null;
-  private v: tf.Tensor3D | null = null;
-  private positions: number[] = [];
+/** The key and value tensors a layer's cache keeps between steps, outside any tidy. */
+abstract class KeptKeysValues {
+  protected k: tf.Tensor3D | null = null;
+  protected v: tf.Tensor3D | null = null;
 
-  update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
-    const allK = this.k === null ? tf.clone(k) : tf.concat([this.k, k], 1);
-    const allV = this.v === null ? tf.clone(v) : tf.concat([this.v, v], 1);
+  /** Keeps `k`, `v` in place of the previous ones. */
+  protected keep(k: tf.Tensor3D, v: tf.Tensor3D): void {
     this.k?.dispose();
     this.v?.dispose();
-    this.k = tf.keep(tf.clone(allK));
-    this.v = tf.keep(tf.clone(allV));
-    this.positions = [...this.positions, ...positions];
-    return { k: allK, v: allV, positions: this.positions };
+    this.k = tf.keep(k);
+    this.v = tf.keep(v);
   }
 
   get bytes(): number {
@@ -69,25 +65,42 @@ export class FullCache implements LayerCache {
     this.k?.dispose();
     this.v?.dispose();
     this.k = this.v = null;
+  }
+}
+
+/** Keeps every key: memory grows with the text (models without a sliding window). */
+export class FullCache extends KeptKeysValues implements LayerCache {
+  private positions: number[] = [];
+
+  update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
+    const allK = this.k === null ? tf.clone(k) : tf.concat([this.k, k], 1);
+    const allV = this.v === null ? tf.clone(v) : tf.concat([this.v, v], 1);
+    this.keep(tf.clone(allK), tf.clone(allV));
+    this.positions = [...this.positions, ...positions];
+    return { k: allK, v: allV, positions: this.positions };
+  }
+
+  override dispose(): void {
+    super.dispose();
     this.positions = [];
   }
 }
 
 /** W slots; position p in slot p mod W (see the worked example above). */
-export class RollingCache implements LayerCache {
-  private k: tf.Tensor3D | null = null;
-  private v: tf.Tensor3D | null = null;
+export class RollingCache extends KeptKeysValues implements LayerCache {
   private slotPositions: number[];
 
   constructor(readonly window: number) {
+    super();
     this.slotPositions = new Array<number>(window).fill(EMPTY_SLOT);
   }
 
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
     const W = this.window;
     const [kvHeads, , headDim] = k.shape;
-    const oldK = this.k ?? tf.zeros([kvHeads, W, headDim]) as tf.Tensor3D;
-    const oldV = this.v ?? tf.zeros([kvHeads, W, headDim]) as tf.Tensor3D;
+    // Before the first step the slots are zeros at EMPTY_SLOT positions, which the mask hides.
+    const oldK = this.k ?? tf.zeros<tf.Rank.R3>([kvHeads, W, headDim]);
+    const oldV = this.v ?? tf.zeros<tf.Rank.R3>([kvHeads, W, headDim]);
     const allK = tf.concat([oldK, k], 1); // [kvHeads, W + tokens, headDim]
     const allV = tf.concat([oldV, v], 1);
     const allPositions = [...this.slotPositions, ...positions];
@@ -96,26 +109,14 @@ export class RollingCache implements LayerCache {
     const source = Array.from({ length: W }, (_, s) => s);
     positions.forEach((p, t) => { source[p % W] = W + t; });
     const index = tf.tensor1d(source, 'int32');
-    const newK = tf.keep(tf.gather(allK, index, 1));
-    const newV = tf.keep(tf.gather(allV, index, 1));
+    this.keep(tf.gather(allK, index, 1), tf.gather(allV, index, 1));
     index.dispose();
-    this.k?.dispose();
-    this.v?.dispose();
-    if (this.k === null) { oldK.dispose(); oldV.dispose(); }
-    this.k = newK;
-    this.v = newV;
     this.slotPositions = source.map((i) => allPositions[i]!);
     return { k: allK, v: allV, positions: allPositions };
   }
 
-  get bytes(): number {
-    return this.k === null ? 0 : 2 * 4 * this.k.size;
-  }
-
-  dispose(): void {
-    this.k?.dispose();
-    this.v?.dispose();
-    this.k = this.v = null;
+  override dispose(): void {
+    super.dispose();
     this.slotPositions.fill(EMPTY_SLOT);
   }
 }
