@@ -3,7 +3,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Reference } from '../src/io/reference.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
+import { writeSafetensors } from '../src/io/safetensors-writer.js';
 import { runCli } from './helpers/cli.js';
 import { modelDir, refFile } from './helpers/fixtures.js';
 
@@ -106,6 +108,25 @@ describe('mistral-ref parity', () => {
     expect(r.stderr).toContain(message);
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stdout).toBe('');
+  });
+
+  it('accepts a minimal reference of its own making: input ids and logits only (docs/parity.md)', async () => {
+    const golden = Reference.open(refFile('mistral-tiny'));
+    const p1 = golden.prompts[1]!;
+    const logits = golden.tensor(p1.tensors.logits);
+    golden.close();
+    writeSafetensors(path.join(tmp, 'mine.safetensors'), [{ name: 'x.logits', shape: logits.shape }], 'F32',
+      (_name, start, out) => out.set(logits.data.subarray(start, start + out.length)));
+    const file = path.join(tmp, 'mine.json');
+    fs.writeFileSync(file, JSON.stringify({
+      schema: 'mistral-golden-ref/1', tensors_file: 'mine.safetensors',
+      prompts: [{ name: 'x', input_ids: p1.input_ids, tensors: { logits: 'x.logits' } }],
+    }));
+    const r = await runCli(['parity', '--model', modelDir('mistral-tiny-native'), '--reference', file, '--json']);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.checked).toEqual(['logits']);
+    expect(report.max_abs_diff.logits).toBeLessThan(5e-5);
   });
 
   it('a reference for another model is a clear exit-2 error, not a crash', async () => {
