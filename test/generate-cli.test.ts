@@ -122,7 +122,7 @@ describe('bad input: one line on stderr, exit 2', () => {
   it('--prompt for a model folder without a tokenizer', async () => {
     const r = await runCli(['generate', '--model', TINY, '--prompt', 'hello']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`mistral-ref generate: --prompt needs a tokenizer in ${TINY} (tokenizer.model or tokenizer.json); give token ids with --ids\n`);
+    expect(r.stderr).toBe(`mistral-ref generate: --prompt needs a tokenizer in ${TINY} (tokenizer.model.v*, tokenizer.model or tokenizer.json); give token ids with --ids\n`);
   });
 
   it('a missing model folder', async () => {

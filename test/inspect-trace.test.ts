@@ -116,7 +116,7 @@ describe('mistral-ref trace', () => {
     [['--model', 'M', '--out', 'O', '--ids', '1,x'], '--ids expects comma-separated non-negative integers, got "1,x"'],
     [['--model', 'M', '--out', 'O', '--ids', '1,5000'], 'token id 5000 at index 1 is outside the vocabulary [0, 1000)'],
     [['--model', 'M', '--out', 'O', '--ids', '1', '--layers', '0,3'], '--layers: layer 3 does not exist (the model has 3)'],
-    [['--model', 'M', '--out', 'O', '--prompt', 'hi'], `--prompt needs a tokenizer in M (tokenizer.json, tokenizer.model, tekken.json); give --ids instead`],
+    [['--model', 'M', '--out', 'O', '--prompt', 'hi'], `--prompt needs a tokenizer in M (tokenizer.model.v*, tokenizer.model or tokenizer.json); give --ids instead`],
   ])('bad input %j: one line, exit 2', async (args, message) => {
     const dir = modelDir('mistral-tiny');
     const argv = args.map((a) => (a === 'M' ? dir : a === 'O' ? path.join(tmp, 'never') : a));

@@ -4,7 +4,10 @@ import { openCheckpoint } from '../io/checkpoint.js';
 import { useBackend, type BackendName } from '../kernels/backend.js';
 import { Transformer } from '../model/transformer.js';
 import { chooseResidency, type Residency } from '../model/weights.js';
-import { backend, oneOf, required, type Parsed } from './args.js';
+import { randomSeed } from '../generate/index.js';
+import { findTokenizerFile } from '../tokenizer/index.js';
+import { backend, number, oneOf, required, type Parsed } from './args.js';
+import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 
 /** parseArgs option specs shared by the commands that load a model. */
@@ -71,4 +74,36 @@ export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n') + '\n';
+}
+
+/** Whether `dir` holds a tokenizer file that loadTokenizer can read (a missing folder has none). */
+export function hasTokenizer(dir: string): boolean {
+  try {
+    findTokenizerFile(dir);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The tokenizer files a model folder may hold, for messages. */
+export const TOKENIZER_FILES = 'tokenizer.model.v*, tokenizer.model or tokenizer.json';
+
+/** parseArgs option specs of the sampling flags (generate, chat). */
+export const SAMPLING_OPTIONS = {
+  temperature: { type: 'string' },
+  'top-k': { type: 'string' },
+  'top-p': { type: 'string' },
+  seed: { type: 'string' },
+} as const;
+
+/** --temperature, --top-k, --top-p and --seed, checked; a random seed when sampling without one. */
+export function samplingFromArgs(values: Parsed['values']): { temperature: number; topK?: number; topP?: number; seed: number } {
+  const str = (k: string) => values[k] as string | undefined;
+  const temperature = number(str('temperature'), '--temperature', 0, { min: 0 });
+  const topK = str('top-k') === undefined ? undefined : number(str('top-k'), '--top-k', 0, { min: 1, integer: true });
+  const topP = str('top-p') === undefined ? undefined : number(str('top-p'), '--top-p', 1, { min: 0, max: 1 });
+  if (topP === 0) throw new UsageError('--top-p expects a number > 0 and ≤ 1, got "0"');
+  const seed = number(str('seed'), '--seed', temperature > 0 ? randomSeed() : 0, { min: 0, max: 2 ** 32 - 1, integer: true });
+  return { temperature, ...(topK === undefined ? {} : { topK }), ...(topP === undefined ? {} : { topP }), seed };
 }

@@ -8,6 +8,7 @@
  * with a margin ≥ 2e-3 on every choice, so a flip is a real difference.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { generateSync } from '../generate/index.js';
 import { CheckpointError } from '../io/errors.js';
 import { Reference, type RefTensor } from '../io/reference.js';
 import { routeToken } from '../model/moe.js';
@@ -93,28 +94,16 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-/** Greedy decoding as transformers' generate(): prefill the prompt, then one token at a time. */
+/**
+ * Greedy decoding as transformers' generate() made the references: the whole prompt in one
+ * prefill, then one token at a time, no EOS stop. Runs the same generator users call.
+ */
 export function greedySteps(model: Transformer, prompt: readonly number[], steps: number): { ids: number[]; logits: Float32Array } {
-  const cache = model.createCache();
+  const tokens = generateSync(model, prompt, { maxNewTokens: steps, stopAtEos: false, returnLogits: true, prefillChunk: Infinity });
   const vocab = model.config.vocabSize;
-  const logits = new Float32Array(steps * vocab);
-  const ids: number[] = [];
-  try {
-    let input = [...prompt];
-    for (let s = 0; s < steps; s++) {
-      const r = model.forward(input, { cache, lastOnly: true });
-      const row = r.logits.dataSync() as Float32Array;
-      disposeResult(r);
-      logits.set(row, s * vocab);
-      let best = 0;
-      for (let i = 1; i < vocab; i++) if (row[i]! > row[best]!) best = i;
-      ids.push(best);
-      input = [best];
-    }
-  } finally {
-    cache.dispose();
-  }
-  return { ids, logits };
+  const logits = new Float32Array(tokens.length * vocab);
+  tokens.forEach((t, s) => logits.set(t.logits!, s * vocab));
+  return { ids: tokens.map((t) => t.id), logits };
 }
 
 /**

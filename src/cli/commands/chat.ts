@@ -1,12 +1,12 @@
 import * as fs from 'node:fs';
-import { generate, randomSeed, TextStream } from '../../generate/index.js';
+import { generate, TextStream } from '../../generate/index.js';
 import type { ModelCache } from '../../model/cache.js';
 import {
   loadTokenizer, TokenizerError,
   type ChatFormat, type ChatMessage, type LoadedTokenizer, type ParsedToolCall, type Tool,
 } from '../../tokenizer/index.js';
 import { number, oneOf, parse } from '../args.js';
-import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE } from '../common.js';
+import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -54,21 +54,14 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     system: { type: 'string' },
     tools: { type: 'string' },
     'max-tokens': { type: 'string' },
-    temperature: { type: 'string' },
-    'top-k': { type: 'string' },
-    'top-p': { type: 'string' },
-    seed: { type: 'string' },
+    ...SAMPLING_OPTIONS,
     'show-ids': { type: 'boolean' },
   });
   if (values.model === undefined) throw new UsageError('--model is required');
   const format = values.format === undefined ? undefined : oneOf(values.format as string, '--format', FORMATS, 'mistral-v1');
   const str = (k: string) => values[k] as string | undefined;
   const maxNewTokens = number(str('max-tokens'), '--max-tokens', 256, { min: 1, integer: true });
-  const temperature = number(str('temperature'), '--temperature', 0, { min: 0 });
-  const topK = str('top-k') === undefined ? undefined : number(str('top-k'), '--top-k', 0, { min: 1, integer: true });
-  const topP = str('top-p') === undefined ? undefined : number(str('top-p'), '--top-p', 1, { min: 0, max: 1 });
-  if (topP === 0) throw new UsageError('--top-p expects a number > 0 and ≤ 1, got "0"');
-  const seed = number(str('seed'), '--seed', temperature > 0 ? randomSeed() : 0, { min: 0, max: 2 ** 32 - 1, integer: true });
+  const sampling = samplingFromArgs(values);
   const tools = values.tools === undefined ? [] : readTools(values.tools as string);
   const system = values.system as string | undefined;
 
@@ -116,7 +109,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
           const toolCallsId = tok.specialId('[TOOL_CALLS]');
           let calling = false;
           for await (const t of generate(model, ids.slice(cached.length), {
-            cache, maxNewTokens, temperature, topK, topP, seed,
+            cache, maxNewTokens, ...sampling,
             stopIds: tok.eosId !== null && tok.eosId < model.config.vocabSize ? [tok.eosId] : [],
           })) {
             generated.push(t.id);

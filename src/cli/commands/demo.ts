@@ -6,12 +6,11 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import { generate } from '../../generate/index.js';
-import { runWithCache } from '../../inspect/activations.js';
-import { lensHookNames, logitLens } from '../../inspect/lens.js';
 import { checkParity } from '../../inspect/parity.js';
+import { traceModel } from '../../inspect/trace.js';
 import { Reference } from '../../io/reference.js';
 import { parameterCount } from '../../model/config.js';
-import { disposeResult, type Transformer } from '../../model/transformer.js';
+import type { Transformer } from '../../model/transformer.js';
 import { loadTokenizer } from '../../tokenizer/index.js';
 import { number, parse } from '../args.js';
 import { fmt, loadModelFromArgs, MODEL_OPTIONS, table } from '../common.js';
@@ -94,23 +93,12 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   }
 }
 
-/** Residual-stream RMS after each layer and the logit lens (top token, probability) at the last position. */
+/** Per layer: the residual stream's mean norm and the logit lens's top token at the last position. */
 function layerTable(model: Transformer, ids: number[], piece: (id: number) => string): string {
-  const names = lensHookNames(model.config.numLayers);
-  const { result, cache } = runWithCache(model, ids, { names, lastOnly: true });
-  try {
-    const lens = logitLens(model, cache, { topK: 1 });
-    const rows = lens.rows.map((row, i) => {
-      const rms = tf.tidy(() => {
-        const last = tf.slice(cache.get(names[i]!) as tf.Tensor2D, [ids.length - 1, 0], [1, -1]);
-        return Math.sqrt(tf.mean(tf.square(last)).dataSync()[0]!);
-      });
-      const cell = row.positions[ids.length - 1]!;
-      return [row.label, rms.toFixed(2), JSON.stringify(piece(cell.ids[0]!)), cell.probs[0]!.toFixed(3)];
-    });
-    return table(['layer', 'rms(resid)', 'logit lens top-1', 'p'], rows);
-  } finally {
-    cache.dispose();
-    disposeResult(result);
-  }
+  const { report } = traceModel(model, ids, { topK: 1, pieceOf: piece, attentionLayers: [] });
+  const row = (label: string, norm: string, top: { piece: string; prob: number }) => [label, norm, JSON.stringify(top.piece), top.prob.toFixed(3)];
+  return table(['layer', '‖resid‖', 'logit lens top-1', 'p'], [
+    row('embed', '', report.embed_lens_top[0]!),
+    ...report.layers.map((l) => row(String(l.layer), l.resid_norm.toFixed(1), l.lens_top[0]!)),
+  ]);
 }

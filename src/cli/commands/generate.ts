@@ -1,8 +1,8 @@
 import { performance } from 'node:perf_hooks';
-import { DEFAULT_MAX_NEW_TOKENS, generate, randomSeed, TextStream, type StopReason } from '../../generate/index.js';
-import { findTokenizerFile, loadTokenizer, TokenizerError, type Tokenizer } from '../../tokenizer/index.js';
+import { DEFAULT_MAX_NEW_TOKENS, generate, TextStream, type StopReason } from '../../generate/index.js';
+import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse } from '../args.js';
-import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE } from '../common.js';
+import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -36,27 +36,13 @@ stdout stays quiet) a progress line updated every second.
 exit: 0 ok, 2 bad input (ids outside the vocabulary, an empty or too long prompt)
 `;
 
-/** Whether the model folder has a tokenizer we can read (then --ids output is text too). */
-function hasTokenizer(dir: string): boolean {
-  try {
-    findTokenizerFile(dir);
-    return true;
-  } catch (e) {
-    if (e instanceof TokenizerError) return false;
-    throw e;
-  }
-}
-
 export async function run(args: string[], io: CliIO): Promise<number> {
   const { values } = parse(args, {
     ...MODEL_OPTIONS,
     prompt: { type: 'string' },
     ids: { type: 'string' },
     'max-tokens': { type: 'string' },
-    temperature: { type: 'string' },
-    'top-k': { type: 'string' },
-    'top-p': { type: 'string' },
-    seed: { type: 'string' },
+    ...SAMPLING_OPTIONS,
     'stop-ids': { type: 'string' },
     'ignore-eos': { type: 'boolean' },
     chunk: { type: 'string' },
@@ -66,11 +52,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const idsArg = values.ids as string | undefined;
   if ((text === undefined) === (idsArg === undefined)) throw new UsageError('give the prompt as --prompt TEXT or as --ids 1,2,3 (one of them)');
   const maxNewTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', DEFAULT_MAX_NEW_TOKENS, { min: 0, integer: true });
-  const temperature = number(values.temperature as string | undefined, '--temperature', 0, { min: 0 });
-  const topK = values['top-k'] === undefined ? undefined : number(values['top-k'] as string, '--top-k', 0, { min: 1, integer: true });
-  const topP = values['top-p'] === undefined ? undefined : number(values['top-p'] as string, '--top-p', 1, { min: 0, max: 1 });
-  if (topP === 0) throw new UsageError('--top-p expects a number > 0 and ≤ 1, got "0"');
-  const seed = number(values.seed as string | undefined, '--seed', temperature > 0 ? randomSeed() : 0, { min: 0, max: 2 ** 32 - 1, integer: true });
+  const sampling = samplingFromArgs(values);
   const stopIds = values['stop-ids'] === undefined ? [] : idList(values['stop-ids'] as string, '--stop-ids');
   const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk as string, '--chunk', 0, { min: 1, integer: true });
   const json = values.json === true;
@@ -80,7 +62,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   try {
     const dir = model.checkpoint.dir;
     const found = hasTokenizer(dir);
-    if (text !== undefined && !found) throw new UsageError(`--prompt needs a tokenizer in ${dir} (tokenizer.model or tokenizer.json); give token ids with --ids`);
+    if (text !== undefined && !found) throw new UsageError(`--prompt needs a tokenizer in ${dir} (${TOKENIZER_FILES}); give token ids with --ids`);
     const tokenizer: Tokenizer | null = found ? await loadTokenizer(dir) : null;
     const promptIds = givenIds ?? tokenizer!.encode(text!, { bos: true });
     const stream = tokenizer === null ? null : new TextStream((ids) => tokenizer.decode(ids), promptIds.slice(-1));
@@ -91,7 +73,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     const t0 = performance.now();
     let prefillSeconds = 0;
     for await (const t of generate(model, promptIds, {
-      maxNewTokens, temperature, topK, topP, seed, stopIds, stopAtEos: values['ignore-eos'] !== true, prefillChunk,
+      maxNewTokens, ...sampling, stopIds, stopAtEos: values['ignore-eos'] !== true, prefillChunk,
     })) {
       if (t.index === 0) prefillSeconds = (performance.now() - t0) / 1000;
       generated.push(t.id);
@@ -109,7 +91,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
         generated_ids: generated,
         ...(stream !== null ? { text: stream.text } : {}),
         stop_reason: stopReason,
-        ...(temperature > 0 ? { seed } : {}),
+        ...(sampling.temperature > 0 ? { seed: sampling.seed } : {}),
         tokens_per_second: tokensPerSecond,
         seconds,
         prefill_seconds: prefillSeconds,

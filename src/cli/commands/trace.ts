@@ -1,9 +1,8 @@
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { traceModel, writeTrace, layerTable } from '../../inspect/trace.js';
 import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse, required } from '../args.js';
-import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE } from '../common.js';
+import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -33,7 +32,6 @@ ${MODEL_USAGE}
 exit: 0 written, 2 bad input
 `;
 
-const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer.model', 'tekken.json'];
 
 export async function run(args: string[], io: CliIO): Promise<number> {
   const { values } = parse(args, {
@@ -54,12 +52,12 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const topK = number(values['top-k'] as string | undefined, '--top-k', 5, { min: 1, max: 100, integer: true });
   const layers = values.layers === undefined ? undefined : idList(values.layers as string, '--layers');
 
-  const hasTokenizer = TOKENIZER_FILES.some((f) => fs.existsSync(path.join(modelDir, f)));
+  const found = hasTokenizer(modelDir);
   let tokenizer: Tokenizer | null = null;
   if (prompt !== undefined) {
-    if (!hasTokenizer) throw new UsageError(`--prompt needs a tokenizer in ${modelDir} (${TOKENIZER_FILES.join(', ')}); give --ids instead`);
+    if (!found) throw new UsageError(`--prompt needs a tokenizer in ${modelDir} (${TOKENIZER_FILES}); give --ids instead`);
     tokenizer = await loadTokenizer(modelDir);
-  } else if (hasTokenizer) {
+  } else if (found) {
     try {
       tokenizer = await loadTokenizer(modelDir);
     } catch (e) {
