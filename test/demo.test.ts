@@ -1,7 +1,9 @@
 /** The quick start's main job: the bundled model answers, layer by layer, and passes its parity. */
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
-import { modelDir } from './helpers/fixtures.js';
+import { modelDir, ROOT } from './helpers/fixtures.js';
 
 describe('mistral-ref demo', () => {
   it('answers 47+38= with 85 and passes parity against the bundled reference', async () => {
@@ -33,5 +35,15 @@ describe('mistral-ref demo', () => {
     const r = await runCli(['demo', '--max-tokens', '0']);
     expect(r.code).toBe(2);
     expect(r.stderr).toBe('mistral-ref demo: --max-tokens expects an integer ≥ 1, got "0"\n');
+  });
+
+  it('ends quietly when its reader closes the pipe early (`| head`)', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join('src', 'cli', 'bin.ts'), 'demo'], { cwd: ROOT });
+    let stderr = '';
+    child.stderr.on('data', (d) => { stderr += d; });
+    child.stdout.once('data', () => child.stdout.destroy());
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });
