@@ -172,13 +172,14 @@ describe('memory', () => {
     }
   });
 
-  it('the rolling cache stops growing at W tokens; the full cache grows by one row per token', () => {
+  it('the rolling cache grows by one row per token up to W, then stops; the full cache grows by one row per token', () => {
     const c = window8.config;
     const W = 8;
     // keys + values, float32, per layer: 2 · 4 bytes · kvHeads · slots · headDim
     const row = 2 * 4 * c.numLayers * c.numKvHeads * c.headDim;
     const rolling = track(window8, 5 * W);
-    rolling.bytes.forEach((b) => expect(b).toBe(row * W));
+    rolling.bytes.forEach((b, i) => expect(b).toBe(row * Math.min(rolling.lengths[i]!, W)));
+    expect(rolling.bytes.at(-1)).toBe(row * W);
 
     const n = noWindow.config;
     const fullRow = 2 * 4 * n.numLayers * n.numKvHeads * n.headDim;

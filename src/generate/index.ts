@@ -9,9 +9,9 @@
  * The last token is never fed unless the caller owns the cache (see `cache` below), so
  * n tokens cost one prefill and n − 1 single-token forwards.
  *
- * Memory: every forward is disposed before the next one; the cache holds two tensors per
- * layer whatever the length (the rolling cache W slots, see model/cache.ts), so the
- * number of live tensors is the same after 10 tokens as after 100.
+ * Memory: every forward is disposed before the next one, and the cache keeps its keys and
+ * values in plain arrays, not tensors (at most W rows per layer with a sliding window, see
+ * model/cache.ts), so the number of live tensors is the same after 10 tokens as after 100.
  */
 import { randomInt } from 'node:crypto';
 import type { ModelCache } from '../model/cache.js';

@@ -5,8 +5,8 @@
  * these names for a dense and a Mixtral model).
  *
  * Shape letters: T tokens of this call; S keys this call scores: T without a cache, the
- * cached keys + T with a full cache, W + T with a rolling cache (its W slots, empty ones
- * masked, plus the new keys); hidden, heads, kvHeads, headDim, inter, experts, k (experts
+ * cached keys + T with a full cache, min(context, W) + T with a rolling cache (its filled
+ * slots plus the new keys); hidden, heads, kvHeads, headDim, inter, experts, k (experts
  * per token) and vocab from the config.
  */
 import type { ModelConfig } from '../model/config.js';

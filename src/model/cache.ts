@@ -6,28 +6,36 @@
  *
  * Rolling cache, for a sliding window W: W slots, position p lives in slot p mod W.
  * A query at position i needs keys i−W+1 … i, so W slots always suffice: when a chunk
- * arrives, it attends to the W slots plus its own keys, and then its newest keys
- * overwrite the slots they map to. (W − 1 slots would do, since key i arrives with its
+ * arrives, it attends to the slots that hold a key plus its own keys, and then its newest
+ * keys overwrite the slots they map to. (W − 1 slots would do, since key i arrives with its
  * query; W keeps mistral-inference's slot = p mod W, and the one spare slot is masked.)
  * Worked example, W = 4, a 6-token prompt prefilled in chunks of 4, then one decoded token:
  *
- *   chunk 0–3: attends slots [ ·  ·  ·  · ] + keys 0 1 2 3   → slots [0 1 2 3]
+ *   chunk 0–3: attends slots [ ] + keys 0 1 2 3               → slots [0 1 2 3]
  *   chunk 4–5: attends slots [0 1 2 3] + keys 4 5             → slots [4 5 2 3]
  *              (query 4 sees 1 2 3 4; query 5 sees 2 3 4 5; key 0 is masked out by position)
  *   token 6:   attends slots [4 5 2 3] + key 6                → slots [4 5 6 3]
  *              (query 6 sees 3 4 5 6)
  *
- * Memory stays at W slots however long the text grows. Without a window the cache keeps
- * every key (`FullCache`).
+ * Empty slots are never returned, so a step costs what the context costs: with W = 4096,
+ * token 65 attends slots [0 … 64] + key 65, 66 keys, not 4097.
+ *
+ * Storage: keys and values live in two plain Float32Arrays per layer, [kvHeads, rows,
+ * headDim], owned by the cache (no tensors are kept between steps). Rows are handed out as
+ * they are first needed, and the arrays double in size when full (at most W rows for the
+ * rolling cache), so a step writes its own rows in place and copies out only the rows in
+ * use. A slot gets the next free row the first time a position lands in it; a text that
+ * starts at position 0, as a ModelCache's does, therefore keeps slot s in row s.
+ * Memory stays at most W rows however long the text grows. Without a window the cache
+ * keeps every key (`FullCache`), one row per token.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { EMPTY_SLOT } from './mask.js';
 
 export interface CacheView {
   /** [kvHeads, keys, headDim] */
   readonly k: tf.Tensor3D;
   readonly v: tf.Tensor3D;
-  /** Absolute position of each key; EMPTY_SLOT for an unused slot. */
+  /** Absolute position of each key (every returned key holds one: no empty slots). */
   readonly positions: readonly number[];
 }
 
@@ -39,45 +47,126 @@ export interface LayerCache {
    *   tensors belong to the caller's tidy scope; the cache keeps its own copies.
    */
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView;
-  /** Bytes of key/value storage held. */
+  /**
+   * Bytes of the keys and values held: 2 · 4 · kvHeads · rows in use · headDim. The arrays
+   * behind them may be up to twice that (capacity doubles), never more than W rows.
+   */
   readonly bytes: number;
   dispose(): void;
 }
 
-/** The key and value tensors a layer's cache keeps between steps, outside any tidy. */
-abstract class KeptKeysValues {
-  protected k: tf.Tensor3D | null = null;
-  protected v: tf.Tensor3D | null = null;
+/** Smallest allocation, in rows (capped at W): saves reallocating at 1, 2, 4, 8 rows. */
+const MIN_ROWS = 16;
 
-  /** Keeps `k`, `v` in place of the previous ones. */
-  protected keep(k: tf.Tensor3D, v: tf.Tensor3D): void {
-    this.k?.dispose();
-    this.v?.dispose();
-    this.k = tf.keep(k);
-    this.v = tf.keep(v);
-  }
+/** One step's new keys and values, read out of their tensors: [kvHeads, tokens, headDim]. */
+interface NewRows {
+  readonly tokens: number;
+  readonly k: Float32Array;
+  readonly v: Float32Array;
+}
+
+function float32(t: tf.Tensor3D): Float32Array {
+  const a = t.dataSync();
+  return a instanceof Float32Array ? a : Float32Array.from(a);
+}
+
+/**
+ * Rows of keys and values in two growing Float32Arrays, [kvHeads, capacity, headDim]:
+ * rows 0 … rows − 1 hold a key each. Heads first, so each head's rows in use are one
+ * contiguous block, copied out with one `set` per head.
+ */
+abstract class KeyValueRows {
+  private kvHeads = 0;
+  private headDim = 0;
+  private capacity = 0;
+  private keys = new Float32Array(0);
+  private values = new Float32Array(0);
+  /** Rows in use. */
+  protected rows = 0;
 
   get bytes(): number {
-    return this.k === null ? 0 : 2 * 4 * this.k.size;
+    return 2 * 4 * this.kvHeads * this.rows * this.headDim;
+  }
+
+  /** Reads the step's keys and values (the first step fixes kvHeads and headDim). */
+  protected read(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): NewRows {
+    const [kvHeads, tokens, headDim] = k.shape;
+    if (tokens !== positions.length || !tf.util.arraysEqual(v.shape, k.shape)) {
+      throw new Error(`cache update: keys ${JSON.stringify(k.shape)}, values ${JSON.stringify(v.shape)} and ${positions.length} positions disagree`);
+    }
+    if (this.capacity === 0) {
+      this.kvHeads = kvHeads;
+      this.headDim = headDim;
+    } else if (kvHeads !== this.kvHeads || headDim !== this.headDim) {
+      throw new Error(`cache update: keys of ${kvHeads} heads × ${headDim}, the cache holds ${this.kvHeads} × ${this.headDim}`);
+    }
+    return { tokens, k: float32(k), v: float32(v) };
+  }
+
+  /** What the step attends to: rows 0 … rows − 1, then the step's own keys. O(rows + tokens). */
+  protected view(step: NewRows, positions: readonly number[]): CacheView {
+    const { kvHeads: KV, headDim: D, capacity: C, rows: n } = this;
+    const T = step.tokens;
+    const S = n + T;
+    const k = new Float32Array(KV * S * D);
+    const v = new Float32Array(KV * S * D);
+    for (let h = 0; h < KV; h++) {
+      k.set(this.keys.subarray(h * C * D, (h * C + n) * D), h * S * D);
+      v.set(this.values.subarray(h * C * D, (h * C + n) * D), h * S * D);
+      k.set(step.k.subarray(h * T * D, (h + 1) * T * D), (h * S + n) * D);
+      v.set(step.v.subarray(h * T * D, (h + 1) * T * D), (h * S + n) * D);
+    }
+    return { k: tf.tensor3d(k, [KV, S, D]), v: tf.tensor3d(v, [KV, S, D]), positions };
+  }
+
+  /** Makes room for `rows` rows: doubles the capacity (at least), but never beyond `limit`. */
+  protected reserve(rows: number, limit: number): void {
+    if (rows <= this.capacity) return;
+    const { kvHeads: KV, headDim: D, capacity: C, rows: n } = this;
+    const grown = Math.min(limit, Math.max(rows, 2 * C, MIN_ROWS));
+    const keys = new Float32Array(KV * grown * D);
+    const values = new Float32Array(KV * grown * D);
+    for (let h = 0; h < KV; h++) {
+      keys.set(this.keys.subarray(h * C * D, (h * C + n) * D), h * grown * D);
+      values.set(this.values.subarray(h * C * D, (h * C + n) * D), h * grown * D);
+    }
+    this.keys = keys;
+    this.values = values;
+    this.capacity = grown;
+  }
+
+  /** Writes token t of the step into `row` (which `reserve` made room for), in place. */
+  protected write(row: number, step: NewRows, t: number): void {
+    const { kvHeads: KV, headDim: D, capacity: C } = this;
+    const T = step.tokens;
+    for (let h = 0; h < KV; h++) {
+      const from = (h * T + t) * D;
+      this.keys.set(step.k.subarray(from, from + D), (h * C + row) * D);
+      this.values.set(step.v.subarray(from, from + D), (h * C + row) * D);
+    }
   }
 
   dispose(): void {
-    this.k?.dispose();
-    this.v?.dispose();
-    this.k = this.v = null;
+    this.keys = new Float32Array(0);
+    this.values = new Float32Array(0);
+    this.kvHeads = this.headDim = this.capacity = this.rows = 0;
   }
 }
 
 /** Keeps every key: memory grows with the text (models without a sliding window). */
-export class FullCache extends KeptKeysValues implements LayerCache {
+export class FullCache extends KeyValueRows implements LayerCache {
+  /** Position of each row. */
   private positions: number[] = [];
 
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
-    const allK = this.k === null ? tf.clone(k) : tf.concat([this.k, k], 1);
-    const allV = this.v === null ? tf.clone(v) : tf.concat([this.v, v], 1);
-    this.keep(tf.clone(allK), tf.clone(allV));
-    this.positions = [...this.positions, ...positions];
-    return { k: allK, v: allV, positions: this.positions };
+    const step = this.read(k, v, positions);
+    const all = this.positions.concat(positions); // a new array: the view's is never changed
+    const seen = this.view(step, all);
+    this.reserve(this.rows + step.tokens, Infinity);
+    for (let t = 0; t < step.tokens; t++) this.write(this.rows + t, step, t);
+    this.rows += step.tokens;
+    this.positions = all;
+    return seen;
   }
 
   override dispose(): void {
@@ -87,37 +176,46 @@ export class FullCache extends KeptKeysValues implements LayerCache {
 }
 
 /** W slots; position p in slot p mod W (see the worked example above). */
-export class RollingCache extends KeptKeysValues implements LayerCache {
-  private slotPositions: number[];
+export class RollingCache extends KeyValueRows implements LayerCache {
+  /** The row each slot that holds a key lives in. */
+  private readonly rowOfSlot = new Map<number, number>();
+  /** Position held by each row in use. */
+  private rowPositions: number[] = [];
 
   constructor(readonly window: number) {
     super();
-    this.slotPositions = new Array<number>(window).fill(EMPTY_SLOT);
+    if (!Number.isInteger(window) || window < 1) throw new RangeError(`window must be an integer ≥ 1, got ${window}`);
   }
 
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
     const W = this.window;
-    const [kvHeads, , headDim] = k.shape;
-    // Before the first step the slots are zeros at EMPTY_SLOT positions, which the mask hides.
-    const oldK = this.k ?? tf.zeros<tf.Rank.R3>([kvHeads, W, headDim]);
-    const oldV = this.v ?? tf.zeros<tf.Rank.R3>([kvHeads, W, headDim]);
-    const allK = tf.concat([oldK, k], 1); // [kvHeads, W + tokens, headDim]
-    const allV = tf.concat([oldV, v], 1);
-    const allPositions = [...this.slotPositions, ...positions];
+    const step = this.read(k, v, positions);
+    // The chunk attends to the rows in use (old positions, masked by mask.ts) + its own keys.
+    const seen = this.view(step, this.rowPositions.concat(positions));
 
-    // Slot s keeps its old row unless a new token maps to it; the newest such token wins.
-    const source = Array.from({ length: W }, (_, s) => s);
-    positions.forEach((p, t) => { source[p % W] = W + t; });
-    const index = tf.tensor1d(source, 'int32');
-    this.keep(tf.gather(allK, index, 1), tf.gather(allV, index, 1));
-    index.dispose();
-    this.slotPositions = source.map((i) => allPositions[i]!);
-    return { k: allK, v: allV, positions: allPositions };
+    // Then slot p mod W takes the chunk's newest key that maps to it (a chunk longer than W
+    // maps several). Map order = first use, so new slots get rows in the order of the text.
+    const newest = new Map<number, number>(); // slot → token
+    positions.forEach((p, t) => newest.set(p % W, t));
+    let fresh = 0;
+    for (const slot of newest.keys()) if (!this.rowOfSlot.has(slot)) fresh++;
+    this.reserve(this.rows + fresh, W);
+    for (const [slot, t] of newest) {
+      let row = this.rowOfSlot.get(slot);
+      if (row === undefined) {
+        row = this.rows++;
+        this.rowOfSlot.set(slot, row);
+      }
+      this.write(row, step, t);
+      this.rowPositions[row] = positions[t]!;
+    }
+    return seen;
   }
 
   override dispose(): void {
     super.dispose();
-    this.slotPositions.fill(EMPTY_SLOT);
+    this.rowOfSlot.clear();
+    this.rowPositions = [];
   }
 }
 
