@@ -37,6 +37,34 @@ describe('generate --ids (no tokenizer needed)', () => {
     expect(out.seed).toBeUndefined(); // greedy
     expect(out.tokens_per_second).toBeGreaterThan(0);
     expect(out.seconds).toBeGreaterThanOrEqual(out.prefill_seconds);
+    // prefill and decode speeds: finite, non-negative, and derived from the other keys
+    for (const key of ['prefill_tokens_per_second', 'decode_tokens_per_second']) {
+      expect(typeof out[key], key).toBe('number');
+      expect(Number.isFinite(out[key]), key).toBe(true);
+      expect(out[key], key).toBeGreaterThanOrEqual(0);
+    }
+    expect(out.prefill_seconds).toBeGreaterThan(0);
+    expect(out.prefill_tokens_per_second).toBeCloseTo(out.prompt_ids.length / out.prefill_seconds, 6);
+    expect(out.decode_tokens_per_second).toBeGreaterThan(0);
+    expect(out.decode_tokens_per_second).toBeCloseTo((out.generated_ids.length - 1) / (out.seconds - out.prefill_seconds), 6);
+  });
+
+  it('--json with one generated token: decode_tokens_per_second is 0', async () => {
+    const r = await runCli(['generate', '--model', TINY, '--ids', '1,269,505', '--max-tokens', '1', '--ignore-eos', '--json']);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.generated_ids).toHaveLength(1);
+    expect(out.decode_tokens_per_second).toBe(0);
+    expect(out.prefill_tokens_per_second).toBeCloseTo(3 / out.prefill_seconds, 6);
+    expect(Object.keys(out)).toEqual(['prompt_ids', 'generated_ids', 'stop_reason', 'tokens_per_second', 'seconds',
+      'prefill_seconds', 'prefill_tokens_per_second', 'decode_tokens_per_second']);
+  });
+
+  it('--json with --max-tokens 0: both speeds are 0, not NaN', async () => {
+    const out = JSON.parse((await runCli(['generate', '--model', TINY, '--ids', '1,269,505', '--max-tokens', '0', '--json'])).stdout);
+    expect(out.generated_ids).toEqual([]);
+    expect(out.prefill_tokens_per_second).toBe(0);
+    expect(out.decode_tokens_per_second).toBe(0);
   });
 
   it('sampling with --seed repeats itself, reports the seed, and differs from greedy', async () => {

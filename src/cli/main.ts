@@ -2,6 +2,7 @@
  * `mistral-ref <command> [options]`. Exit codes: 0 success, 1 a check failed (parity
  * beyond tolerance), 2 bad input (one line on stderr), 3 an internal error (a bug).
  */
+import { fromWasmRuntimeError } from '../kernels/backend.js';
 import { isUserError } from './errors.js';
 import { processIO, type CliIO, type Command } from './io.js';
 
@@ -63,7 +64,10 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
       return 0;
     }
     return await command.run(args, io);
-  } catch (e) {
+  } catch (caught) {
+    // A wasm trap ("RuntimeError: memory access out of bounds") is the wasm heap running
+    // out, not a bug: one line with advice, exit 2, like any bad-input error.
+    const e = fromWasmRuntimeError(caught) ?? caught;
     if (isUserError(e)) {
       io.stderr(`mistral-ref ${name}: ${e.message.split('\n')[0]}\n`);
       return 2;

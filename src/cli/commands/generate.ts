@@ -28,7 +28,10 @@ ${MODEL_USAGE}
   --ignore-eos           do not stop at the end-of-sequence id
   --chunk N              prompt tokens per prefill forward (default W, or the whole prompt)
   --json                 print one JSON object at the end: prompt_ids, generated_ids, text (with
-                         a tokenizer), stop_reason, seed, tokens_per_second, seconds, prefill_seconds
+                         a tokenizer), stop_reason, seed, tokens_per_second, seconds, prefill_seconds,
+                         prefill_tokens_per_second (prompt tokens / prefill_seconds) and
+                         decode_tokens_per_second (tokens after the first / the time after the
+                         prefill; 0 when fewer than 2 tokens were generated)
 
 On a terminal, stderr gets the speed: a final line with tokens/s, and with --json (when
 stdout stays quiet) a progress line updated every second.
@@ -84,6 +87,11 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     }
     const seconds = (performance.now() - t0) / 1000;
     const tokensPerSecond = seconds > 0 ? generated.length / seconds : 0;
+    // Prefill ends when the first generated token is chosen; decode is everything after it.
+    // Both are 0 (not null) when there is nothing to divide, like tokens_per_second.
+    const prefillTokensPerSecond = generated.length > 0 && prefillSeconds > 0 ? promptIds.length / prefillSeconds : 0;
+    const decodeSeconds = seconds - prefillSeconds;
+    const decodeTokensPerSecond = generated.length >= 2 && decodeSeconds > 0 ? (generated.length - 1) / decodeSeconds : 0;
 
     if (json) {
       io.stdout(JSON.stringify({
@@ -95,6 +103,8 @@ export async function run(args: string[], io: CliIO): Promise<number> {
         tokens_per_second: tokensPerSecond,
         seconds,
         prefill_seconds: prefillSeconds,
+        prefill_tokens_per_second: prefillTokensPerSecond,
+        decode_tokens_per_second: decodeTokensPerSecond,
       }) + '\n');
     } else {
       io.stdout((stream?.flush() ?? '') + '\n');
