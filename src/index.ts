@@ -27,7 +27,9 @@ export * from './model/hooks.js';
 export { canAttend, maskBias } from './model/mask.js';
 export { routeToken, type Routing } from './model/moe.js';
 export * from './model/transformer.js';
-export { expectedTensors, nativeName, type Residency } from './model/weights.js';
+export { nativeName } from './model/layout.js';
+export { type Residency } from './model/residency.js';
+export { expectedTensors } from './model/schema.js';
 
 // floor 3: generation and stepping through layers
 export * from './generate/index.js';

@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
+import { linear } from '../src/kernels/linear.js';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Reference } from '../src/io/reference.js';
 import { runWithCache } from '../src/inspect/activations.js';
@@ -77,7 +78,7 @@ describe('logit lens', () => {
     const byHand = tf.tidy(() => {
       const x = tf.slice(cache.get('hook_embed'), [4, 0], [1, -1]);
       const normed = tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), model.config.rmsNormEps))), model.weights.finalNorm());
-      return tf.argMax(tf.matMul(normed, model.weights.lmHead().weight, false, model.weights.lmHead().transposed), 1).dataSync()[0]!;
+      return tf.argMax(linear(normed as tf.Tensor2D, model.weights.lmHead()), 1).dataSync()[0]!;
     });
     expect(lens.rows[0]!.positions[4]!.ids[0]).toBe(byHand);
     expect(cache.names()).toHaveLength(model.config.numLayers + 1); // still usable: the lens did not dispose it

@@ -1,5 +1,7 @@
 /** Unit tests per layer: mask predicate, RoPE, grouped-query heads, the native q/k permutation. */
 import * as tf from '@tensorflow/tfjs-core';
+import type { Linear } from '../src/kernels/linear.js';
+import { DTYPE_BYTES } from '../src/kernels/simd/matmul.js';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Reference } from '../src/io/reference.js';
 import { openCheckpoint } from '../src/io/checkpoint.js';
@@ -11,7 +13,7 @@ import { canAttend, maskBias } from '../src/model/mask.js';
 import { rmsNorm } from '../src/model/rmsnorm.js';
 import { applyRope, ropeTables } from '../src/model/rope.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { nativeName, permuteHfToNative, permuteNativeToHf } from '../src/model/weights.js';
+import { nativeName, permuteHfToNative, permuteNativeToHf } from '../src/model/layout.js';
 import { modelDir, refFile } from './helpers/fixtures.js';
 
 beforeAll(() => useBackend('cpu'));
@@ -161,10 +163,36 @@ describe('native checkpoint adapter', () => {
       const wa = a.weights.layer(1);
       const wb = b.weights.layer(1);
       for (const key of ['q', 'k', 'v', 'o'] as const) {
-        expect(wb.attn[key].weight.dataSync()).toEqual(wa.attn[key].weight.dataSync());
+        expect(tensorWeight(wb.attn[key]).dataSync()).toEqual(tensorWeight(wa.attn[key]).dataSync());
+      }
+      a.dispose();
+      b.dispose();
+    }
+  });
+
+  it('turns the native checkpoint into exactly the HF weights when resident at stored width', () => {
+    for (const [hf, native] of [['mistral-tiny', 'mistral-tiny-native'], ['mixtral-tiny', 'mixtral-tiny-native']]) {
+      const a = Transformer.load(modelDir(hf!), { weights: 'resident' });
+      const b = Transformer.load(modelDir(native!), { weights: 'resident' });
+      const wa = a.weights.layer(1);
+      const wb = b.weights.layer(1);
+      for (const key of ['q', 'k', 'v', 'o'] as const) {
+        const [ma, mb] = [wa.attn[key], wb.attn[key]].map((l) => {
+          if (l.kind !== 'stored') throw new Error('expected a stored weight');
+          return l.matrix;
+        });
+        const bytes = (m: typeof ma) => m!.arena.bytes(m!.ptr, m!.rows * m!.cols * DTYPE_BYTES[m!.dtype]).slice();
+        expect(mb!.dtype).toBe(ma!.dtype);
+        expect(bytes(mb!)).toEqual(bytes(ma!));
       }
       a.dispose();
       b.dispose();
     }
   });
 });
+
+/** The float32 tensor of a tfjs-path Linear. */
+function tensorWeight(l: Linear): tf.Tensor2D {
+  if (l.kind !== 'tensor') throw new Error('expected a tensor weight');
+  return l.weight;
+}

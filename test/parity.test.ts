@@ -8,14 +8,15 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Reference } from '../src/io/reference.js';
 import { checkParity, type ParityReport } from '../src/inspect/parity.js';
 import { useBackend } from '../src/kernels/backend.js';
+import type { Residency } from '../src/model/residency.js';
 import { Transformer } from '../src/model/transformer.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
 
 const measured: string[] = [];
 afterAll(() => console.log(`golden parity, max |Δ| (logits / layer_out / step_logits):\n${measured.join('\n')}`));
 
-function run(model: string, ref: string): ParityReport {
-  const m = Transformer.load(modelDir(model));
+function run(model: string, ref: string, weights: Residency): ParityReport {
+  const m = Transformer.load(modelDir(model), { weights });
   const r = Reference.open(refFile(ref));
   try {
     return checkParity(m, r);
@@ -25,11 +26,14 @@ function run(model: string, ref: string): ParityReport {
   }
 }
 
-describe.each(['cpu', 'wasm'] as const)('golden parity on %s', (backend) => {
+// eager: float32 tf tensors, the plain tfjs path; resident: stored width, the simd kernels.
+describe.each([
+  ['cpu', 'eager'], ['wasm', 'eager'], ['cpu', 'resident'], ['wasm', 'resident'],
+] as const)('golden parity on %s, %s weights', (backend, weights) => {
   it.each(GOLDEN_MODELS)('$model reproduces refs/$ref', async ({ model, ref }) => {
     await useBackend(backend);
     const before = tf.memory().numTensors;
-    const report = run(model, ref);
+    const report = run(model, ref, weights);
     expect(tf.memory().numTensors).toBe(before);
 
     expect(report.failures).toEqual([]);
@@ -45,6 +49,6 @@ describe.each(['cpu', 'wasm'] as const)('golden parity on %s', (backend) => {
     // The random-weight models stay far inside 5e-5 (observed noise between float32 implementations ≤ 1e-5).
     if (!model.endsWith('-demo')) expect(report.max_abs_diff.logits).toBeLessThan(5e-5);
     const d = report.max_abs_diff;
-    measured.push(`  ${backend.padEnd(4)} ${model.padEnd(20)} ${d.logits!.toExponential(1)} / ${d.layer_out!.toExponential(1)} / ${d.step_logits!.toExponential(1)}`);
+    measured.push(`  ${backend.padEnd(4)} ${weights.padEnd(8)} ${model.padEnd(20)} ${d.logits!.toExponential(1)} / ${d.layer_out!.toExponential(1)} / ${d.step_logits!.toExponential(1)}`);
   });
 });

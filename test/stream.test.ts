@@ -5,13 +5,13 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { autoResidency, residencyNote } from '../src/cli/common.js';
+import { autoResidency, checkpointSize, residencyNote } from '../src/cli/common.js';
 import { main } from '../src/cli/main.js';
 import { MultiFileStore } from '../src/io/checkpoint.js';
 import { useBackend } from '../src/kernels/backend.js';
 import type { HookFn } from '../src/model/hooks.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { chooseResidency, estimateMemory, type Residency } from '../src/model/weights.js';
+import { chooseResidency, estimateMemory, residencyProblem, type Residency } from '../src/model/residency.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
 
@@ -141,27 +141,54 @@ describe('stream residency', () => {
 });
 
 describe('--weights auto', () => {
-  it('chooses eager when the float32 weights fit in half the free memory, stream otherwise', () => {
-    const GiB = 2 ** 30;
-    expect(chooseResidency(4 * GiB, 16 * GiB, 'cpu')).toEqual({ weights: 'eager', reason: 'float32 weights 4.0 GiB fit in half of the 16.0 GiB free memory' });
-    expect(chooseResidency(29 * GiB, 20 * GiB, 'cpu')).toEqual({ weights: 'stream', reason: 'float32 weights 29.0 GiB exceed half of the 20.0 GiB free memory' });
-    expect(chooseResidency(9 * GiB, 16 * GiB, 'cpu').weights).toBe('stream');
+  const GiB = 2 ** 30;
+  const size = (float32: number, stored = float32 / 2) => ({ float32Bytes: float32, storedBytes: stored });
+
+  it('simd kernels: resident when the stored weights fit in 85% of free memory, stream otherwise', () => {
+    // Mistral 7B bf16: 14.5 GB stored (13.5 GiB), 29 GB as float32, on a 24 GiB machine with ~22 GiB free
+    expect(chooseResidency(size(27 * GiB), 22 * GiB, 'wasm')).toEqual({ weights: 'resident', reason: 'stored weights 13.5 GiB fit in the 22.0 GiB free memory' });
+    expect(chooseResidency(size(27 * GiB), 22 * GiB, 'cpu').weights).toBe('resident');
+    // Mixtral 8x7B bf16: 87 GiB stored
+    expect(chooseResidency(size(174 * GiB), 22 * GiB, 'cpu')).toEqual({ weights: 'stream', reason: 'stored weights 87.0 GiB exceed 85% of the 22.0 GiB free memory' });
+    expect(chooseResidency(size(4 * GiB, 0.85 * 10 * GiB), 10 * GiB, 'cpu').weights).toBe('resident');
+    expect(chooseResidency(size(4 * GiB, 0.85 * 10 * GiB + 1), 10 * GiB, 'cpu').weights).toBe('stream');
+  });
+
+  it('tfjs kernels: eager when the float32 weights fit in half the free memory, stream otherwise', () => {
+    expect(chooseResidency(size(4 * GiB), 16 * GiB, 'cpu', 'tfjs')).toEqual({ weights: 'eager', reason: 'float32 weights 4.0 GiB fit in half of the 16.0 GiB free memory' });
+    expect(chooseResidency(size(29 * GiB), 20 * GiB, 'cpu', 'tfjs')).toEqual({ weights: 'stream', reason: 'float32 weights 29.0 GiB exceed half of the 20.0 GiB free memory' });
+    expect(chooseResidency(size(9 * GiB), 16 * GiB, 'cpu', 'tfjs').weights).toBe('stream');
     // wasm's 32-bit heap cannot hold a 7B model whatever the machine
-    expect(chooseResidency(3 * GiB, 128 * GiB, 'wasm')).toEqual({ weights: 'stream', reason: 'float32 weights 3.0 GiB exceed the 2.0 GiB the wasm heap can hold' });
-    expect(chooseResidency(3 * GiB, 128 * GiB, 'cpu').weights).toBe('eager');
+    expect(chooseResidency(size(3 * GiB), 128 * GiB, 'wasm', 'tfjs')).toEqual({ weights: 'stream', reason: 'float32 weights 3.0 GiB exceed the 2.0 GiB the wasm heap can hold' });
+    expect(chooseResidency(size(3 * GiB), 128 * GiB, 'cpu', 'tfjs').weights).toBe('eager');
+  });
+
+  it('an explicit mode that cannot fit is refused before loading, naming the size and a mode that fits', () => {
+    expect(residencyProblem('eager', size(27 * GiB), 22 * GiB, 'wasm')).toBe(
+      '--weights eager needs 27.0 GiB of float32 weights in the wasm heap, which holds 2.0 GiB of them; use --weights resident (13.5 GiB at stored width)');
+    expect(residencyProblem('eager', size(27 * GiB), 22 * GiB, 'cpu')).toBe(
+      '--weights eager needs 27.0 GiB of float32 weights, more than the 22.0 GiB free memory; use --weights resident (13.5 GiB at stored width)');
+    expect(residencyProblem('resident', size(174 * GiB), 22 * GiB, 'cpu')).toBe(
+      '--weights resident needs 87.0 GiB for the stored weights, more than the 22.0 GiB free memory; use --weights stream');
+    expect(residencyProblem('eager', size(174 * GiB), 22 * GiB, 'wasm')).toMatch(/use --weights stream \(a layer at a time\)$/);
+    expect(residencyProblem('stream', size(174 * GiB), 22 * GiB, 'wasm')).toBeNull();
+    expect(residencyProblem('resident', size(27 * GiB), 22 * GiB, 'wasm')).toBeNull();
   });
 
   it('sizes a checkpoint from its headers', () => {
     // mistral-tiny: embedding + head 2·1000·64, final norm 64, and 3 layers of
     // q 64·64 + k 32·64 + v 32·64 + o 64·64 + 3·64·176 (SwiGLU) + 2·64 (norms) = 46 208:
-    // 266 688 parameters, 4 bytes each.
+    // 266 688 parameters, 4 bytes each (stored as F32).
     const bytes = 4 * (2 * 1000 * 64 + 64 + 3 * 46_208);
-    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34).weights).toBe('eager');
-    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes - 1).weights).toBe('stream');
-    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes).weights).toBe('eager');
+    expect(checkpointSize(modelDir('mistral-tiny'))).toEqual({ storedBytes: bytes, float32Bytes: bytes });
+    expect(checkpointSize(modelDir('mistral-tiny-bf16'))).toEqual({ storedBytes: bytes / 2, float32Bytes: bytes });
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34, 'tfjs').weights).toBe('eager');
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes - 1, 'tfjs').weights).toBe('stream');
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 * bytes, 'tfjs').weights).toBe('eager');
+    expect(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34).weights).toBe('resident');
   });
 
-  it('says on a terminal when auto chose to stream, and stays quiet when it loads eagerly', async () => {
+  it('says on a terminal when auto chose to stream, and stays quiet when it keeps weights resident', async () => {
     let stderr = '';
     const io = { stdout: () => {}, stderr: (t: string) => { stderr += t; }, interactive: true, stdin: async function* () {} };
     const code = await main(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny')], io);
@@ -169,17 +196,24 @@ describe('--weights auto', () => {
     expect(stderr).toBe('parity: prompt p0 (1/3)\nparity: prompt p1 (2/3)\nparity: prompt p2 (3/3)\n'); // progress, no weights line
     expect(residencyNote(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 34))).toBeNull();
     expect(residencyNote(autoResidency(modelDir('mistral-tiny'), 'cpu', 2 ** 20))).toBe(
-      'weights: stream (float32 weights 1.0 MiB exceed half of the 1.0 MiB free memory; --weights eager|stream overrides)\n');
+      'weights: stream (stored weights 1.0 MiB exceed 85% of the 1.0 MiB free memory; --weights resident|eager|stream overrides)\n');
   });
 
-  it('the CLI accepts --weights auto|eager|stream and refuses anything else', async () => {
-    for (const mode of ['auto', 'eager', 'stream']) {
-      const r = await runCli(['parity', '--model', modelDir('mixtral-tiny'), '--reference', refFile('mixtral-tiny'), '--weights', mode]);
+  it('the CLI accepts --weights auto|resident|eager|stream with the kernels that run them, and refuses anything else', async () => {
+    for (const args of [['--weights', 'auto'], ['--weights', 'resident'], ['--weights', 'eager'], ['--weights', 'stream'],
+      ['--kernels', 'tfjs'], ['--kernels', 'simd'], ['--weights', 'auto', '--kernels', 'tfjs'], ['--weights', 'eager', '--kernels', 'tfjs']]) {
+      const r = await runCli(['parity', '--model', modelDir('mixtral-tiny'), '--reference', refFile('mixtral-tiny'), ...args]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stderr).toBe(''); // not interactive: auto says nothing
     }
     const bad = await runCli(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny'), '--weights', 'lazy']);
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toBe('mistral-ref parity: --weights must be one of auto, eager, stream, got "lazy"\n');
+    expect(bad.stderr).toBe('mistral-ref parity: --weights must be one of auto, resident, eager, stream, got "lazy"\n');
+    const clash = await runCli(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny'), '--weights', 'resident', '--kernels', 'tfjs']);
+    expect(clash.code).toBe(2);
+    expect(clash.stderr).toBe('mistral-ref parity: --weights resident runs on the simd kernels; with --kernels tfjs use --weights eager or stream\n');
+    const clash2 = await runCli(['parity', '--model', modelDir('mistral-tiny'), '--reference', refFile('mistral-tiny'), '--weights', 'eager', '--kernels', 'simd']);
+    expect(clash2.code).toBe(2);
+    expect(clash2.stderr).toMatch(/^mistral-ref parity: --weights eager holds float32 tfjs tensors/);
   });
 });

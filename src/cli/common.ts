@@ -3,7 +3,8 @@ import * as os from 'node:os';
 import { openCheckpoint } from '../io/checkpoint.js';
 import { useBackend, type BackendName } from '../kernels/backend.js';
 import { Transformer } from '../model/transformer.js';
-import { chooseResidency, type Residency } from '../model/weights.js';
+import { KERNELS, type KernelsName } from '../kernels/linear.js';
+import { chooseResidency, residencyProblem, type CheckpointSize, type Residency } from '../model/residency.js';
 import { randomSeed } from '../generate/index.js';
 import { findTokenizerFile } from '../tokenizer/index.js';
 import { backend, number, oneOf, required, type Parsed } from './args.js';
@@ -15,15 +16,21 @@ export const MODEL_OPTIONS = {
   model: { type: 'string' },
   backend: { type: 'string' },
   weights: { type: 'string' },
+  kernels: { type: 'string' },
 } as const;
 
 export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (config.json + model.safetensors, or sharded
                          with model.safetensors.index.json) or native (params.json + consolidated.safetensors)
   --backend NAME         cpu (default, the readable reference), wasm (fast), tensorflow
                          (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node)
-  --weights MODE         auto (default: eager when the float32 weights fit in half the free
-                         memory, else stream), eager (all weights resident as float32; fastest)
-                         or stream (each layer read from disk when the forward reaches it, then freed)`;
+  --weights MODE         auto (default: resident when the stored weights fit in free memory,
+                         else stream), resident (every weight kept at its stored width, bf16 at
+                         2 bytes, multiplied by the simd kernels; fastest), eager (every weight
+                         a float32 tfjs tensor) or stream (each layer read from disk when the
+                         forward reaches it, then freed)
+  --kernels NAME         simd (default with auto/resident: the project's wasm SIMD kernels over
+                         stored-width weights) or tfjs (tfjs ops over float32 tensors, the
+                         reference path; the default with --weights eager|stream)`;
 
 /**
  * Selects the backend, then loads the model named by --model with the residency --weights
@@ -34,34 +41,66 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
   const name = backend(values.backend as string | undefined);
   await useBackend(name);
   const dir = required(values.model as string | undefined, '--model');
-  const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'eager', 'stream'], 'auto');
+  const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
+  const kernels = oneOf<KernelsName>(values.kernels as string | undefined, '--kernels', KERNELS,
+    mode === 'eager' || mode === 'stream' ? 'tfjs' : 'simd');
+  if (kernels === 'tfjs' && mode === 'resident') {
+    throw new UsageError('--weights resident runs on the simd kernels; with --kernels tfjs use --weights eager or stream');
+  }
+  if (kernels === 'simd' && (mode === 'eager' || mode === 'stream')) {
+    throw new UsageError(`--weights ${mode} holds float32 tfjs tensors, multiplied by --kernels tfjs; the simd kernels use --weights resident`);
+  }
+  const size = checkpointSize(dir);
+  const free = os.freemem();
   let weights: Residency;
   if (mode === 'auto') {
-    const choice = autoResidency(dir, name);
+    const choice = chooseResidency(size, free, name, kernels);
     weights = choice.weights;
     const note = residencyNote(choice);
     if (io?.interactive && note !== null) io.stderr(note);
   } else {
     weights = mode;
   }
-  return Transformer.load(dir, { weights });
+  const problem = residencyProblem(weights, size, free, name);
+  if (problem !== null) throw new UsageError(problem);
+  // A big checkpoint takes a while to read: show how far it got, on a terminal.
+  let shown = 0;
+  const onProgress = io?.interactive && size.storedBytes > 2 ** 30
+    ? (loaded: number) => {
+      if (loaded - shown < 2 ** 28 && loaded < size.storedBytes) return;
+      shown = loaded;
+      io.stderr(`\rloading weights: ${(loaded / 1e9).toFixed(1)} / ${(size.storedBytes / 1e9).toFixed(1)} GB` + (loaded >= size.storedBytes ? '\n' : ''));
+    }
+    : undefined;
+  return Transformer.load(dir, { weights, ...(onProgress ? { onProgress } : {}) });
 }
 
 /** The line `auto` prints: only for streaming, which explains why a big model runs slowly. */
 export function residencyNote(choice: ReturnType<typeof chooseResidency>): string | null {
-  return choice.weights === 'stream' ? `weights: stream (${choice.reason}; --weights eager|stream overrides)\n` : null;
+  return choice.weights === 'stream' ? `weights: stream (${choice.reason}; --weights resident|eager|stream overrides)\n` : null;
 }
 
-/** The `--weights auto` decision for a checkpoint folder (reads its headers only). */
-export function autoResidency(dir: string, backendName: BackendName, freeBytes = os.freemem()): ReturnType<typeof chooseResidency> {
+/** A checkpoint folder's stored and float32 weight bytes (reads its headers only). */
+export function checkpointSize(dir: string): CheckpointSize {
   const ckpt = openCheckpoint(dir);
   let elements = 0;
+  let storedBytes = 0;
   try {
-    for (const n of ckpt.store.names()) elements += ckpt.store.info(n).shape.reduce((a, b) => a * b, 1);
+    for (const n of ckpt.store.names()) {
+      const info = ckpt.store.info(n);
+      elements += info.shape.reduce((a, b) => a * b, 1);
+      storedBytes += info.end - info.begin;
+    }
   } finally {
     ckpt.store.close();
   }
-  return chooseResidency(4 * elements, freeBytes, backendName);
+  return { storedBytes, float32Bytes: 4 * elements };
+}
+
+/** The `--weights auto` decision for a checkpoint folder (reads its headers only). */
+export function autoResidency(dir: string, backendName: BackendName, freeBytes = os.freemem(), kernels: KernelsName = 'simd'):
+  ReturnType<typeof chooseResidency> {
+  return chooseResidency(checkpointSize(dir), freeBytes, backendName, kernels);
 }
 
 /** Formats a max |Δ| for tables: 3 significant digits, or "inf". */

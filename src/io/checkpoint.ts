@@ -7,7 +7,7 @@
  *   native      params.json + consolidated*.safetensors   (Mistral's own layout)
  *
  * This module knows file formats only; mapping tensor names between layouts belongs to
- * the model (src/model/weights.ts).
+ * the model (src/model/layout.ts).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -25,6 +25,8 @@ export interface TensorStore {
   info(name: string): TensorInfo;
   /** float32 copy of a tensor, or of `count` elements from element `start`. */
   readFloat32(name: string, start?: number, count?: number): Float32Array;
+  /** A tensor's raw bytes (its stored dtype) into `out`, exactly its size. */
+  readInto(name: string, out: Uint8Array): void;
   close(): void;
 }
 
@@ -83,6 +85,10 @@ export class MultiFileStore implements TensorStore {
 
   readFloat32(name: string, start?: number, count?: number): Float32Array {
     return this.file(name).readFloat32(name, start, count);
+  }
+
+  readInto(name: string, out: Uint8Array): void {
+    this.file(name).readInto(name, out);
   }
 
   close(): void {

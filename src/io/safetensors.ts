@@ -114,6 +114,19 @@ export class SafetensorsFile {
   }
 
   /**
+   * Reads a tensor's raw bytes straight into `out` (which must be exactly its size), e.g.
+   * into kernel memory, so that a 2-byte weight never exists as a second copy.
+   */
+  readInto(name: string, out: Uint8Array): void {
+    const t = this.info(name);
+    if (out.length !== t.end - t.begin) {
+      throw new RangeError(`readInto: ${name} has ${t.end - t.begin} bytes, the destination ${out.length}`);
+    }
+    if (this.fd === null) throw new CheckpointError(this.path, 'file already closed', name);
+    readFully(this.path, this.fd, out, t.begin, name);
+  }
+
+  /**
    * Reads `count` elements starting at element `start` of a tensor (row slices of an
    * embedding, say) and converts them to float32.
    */

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseHfConfig, type ModelConfig } from '../model/config.js';
-import { expectedTensors } from '../model/weights.js';
+import { expectedTensors } from '../model/schema.js';
 import { CheckpointError } from './errors.js';
 import { dataBytes, elementCount, headerBytes, writeSafetensors, type TensorSpec, type WritableDType } from './safetensors-writer.js';
 

@@ -1,20 +1,42 @@
 /**
- * Projection weights stored in the orientation the active backend multiplies fastest.
+ * `linear(x, W)` = x · Wᵀ, whichever way the weight is held. The model calls only this,
+ * so how weights live and which kernel multiplies them never shows in the model code.
  *
- * Checkpoints store linear weights `[out, in]` (y = x · Wᵀ). tfjs-wasm only reaches
- * XNNPACK when neither operand is transposed (3× faster; see docs/PERF-NOTES), while the
- * cpu backend is faster with `transposeB`. So the weight is laid out once, at load, for
- * the backend in use, and `linear` hides the difference.
+ * Two kinds of weight:
+ * - `tensor`: a float32 tf tensor (the plain tfjs path, `--kernels tfjs`), laid out once,
+ *   at load, in the orientation the active backend multiplies fastest. tfjs-wasm only
+ *   reaches XNNPACK when neither operand is transposed (3× faster; see PERF-NOTES), while
+ *   the cpu backend is faster with `transposeB`.
+ * - `stored`: the checkpoint's bytes at their stored width (bf16, f16 or f32) in memory our
+ *   wasm SIMD kernels own (`--kernels simd`, src/kernels/simd/); widened inside the kernel,
+ *   accumulated in float32. The activations cross into kernel memory and back per call.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { DTYPE_BYTES, matmul, type StoredMatrix } from './simd/matmul.js';
 
-export interface Linear {
-  /** `[out, in]` when `transposed`, else `[in, out]`. */
-  readonly weight: tf.Tensor2D;
-  readonly transposed: boolean;
+/** Which code multiplies the projections. */
+export type KernelsName = 'simd' | 'tfjs';
+export const KERNELS: readonly KernelsName[] = ['simd', 'tfjs'];
+
+interface LinearShape {
   readonly inFeatures: number;
   readonly outFeatures: number;
 }
+
+export interface TensorLinear extends LinearShape {
+  readonly kind: 'tensor';
+  /** `[out, in]` when `transposed`, else `[in, out]`. */
+  readonly weight: tf.Tensor2D;
+  readonly transposed: boolean;
+}
+
+export interface StoredLinear extends LinearShape {
+  readonly kind: 'stored';
+  /** [out, in] at the stored width, in kernel memory. */
+  readonly matrix: StoredMatrix;
+}
+
+export type Linear = TensorLinear | StoredLinear;
 
 /** Whether the active backend prefers `[out, in]` with transposeB. */
 export function prefersTransposedWeights(): boolean {
@@ -22,20 +44,37 @@ export function prefersTransposedWeights(): boolean {
 }
 
 /**
- * Builds a Linear from row-major `[out, in]` data.
+ * Builds a tensor Linear from row-major `[out, in]` data.
  * @param data float32 `[out, in]`, as in the checkpoint
  */
 export function makeLinear(data: Float32Array, outFeatures: number, inFeatures: number,
-  transposed = prefersTransposedWeights()): Linear {
+  transposed = prefersTransposedWeights()): TensorLinear {
   const weight = transposed
     ? tf.tensor2d(data, [outFeatures, inFeatures])
     : tf.tensor2d(transpose2d(data, outFeatures, inFeatures), [inFeatures, outFeatures]);
-  return { weight, transposed, inFeatures, outFeatures };
+  return { kind: 'tensor', weight, transposed, inFeatures, outFeatures };
+}
+
+/** A Linear over a stored matrix `[out, in]`. */
+export function storedLinear(matrix: StoredMatrix): StoredLinear {
+  return { kind: 'stored', matrix, inFeatures: matrix.cols, outFeatures: matrix.rows };
 }
 
 /** y = x · Wᵀ.  x: [tokens, in] → [tokens, out] */
 export function linear(x: tf.Tensor2D, l: Linear): tf.Tensor2D {
-  return tf.matMul(x, l.weight, false, l.transposed);
+  if (l.kind === 'tensor') return tf.matMul(x, l.weight, false, l.transposed);
+  const T = x.shape[0];
+  return tf.tensor2d(matmul(x.dataSync() as Float32Array, T, l.matrix), [T, l.outFeatures]);
+}
+
+/** Bytes a Linear's weight holds (float32 tensor, or the stored width). */
+export function linearBytes(l: Linear): number {
+  return l.kind === 'tensor' ? 4 * l.weight.size : l.matrix.rows * l.matrix.cols * DTYPE_BYTES[l.matrix.dtype];
+}
+
+/** Frees a tensor Linear (stored weights go with their WeightMemory). */
+export function disposeLinear(l: Linear): void {
+  if (l.kind === 'tensor') l.weight.dispose();
 }
 
 /** Row-major `[rows, cols]` → `[cols, rows]`, blocked for cache locality. */

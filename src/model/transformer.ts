@@ -12,14 +12,23 @@ import { ModelCache } from './cache.js';
 import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
 import { InputError } from './errors.js';
 import { hookPoint, hookScope, type Hooks } from './hooks.js';
+import { tensorSource } from './layout.js';
 import type { Routing } from './moe.js';
+import type { Residency } from './residency.js';
 import { rmsNorm } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
-import { ModelWeights, tensorSource, validateTensors, type Residency } from './weights.js';
+import { validateTensors } from './schema.js';
+import { ModelWeights } from './weights.js';
 
 export interface LoadOptions {
-  /** `eager` (default) holds every weight as float32; `stream` reads each layer when needed. */
+  /**
+   * `eager` (default) holds every weight as a float32 tfjs tensor; `resident` keeps them at
+   * their stored width for the simd kernels (bf16: half the memory, several times faster);
+   * `stream` reads each layer when needed.
+   */
   readonly weights?: Residency;
+  /** Resident loading: called with the bytes read so far, after each tensor. */
+  readonly onProgress?: (loadedBytes: number) => void;
   /** Replaces config values after parsing (experiments, e.g. a smaller sliding window). */
   readonly overrides?: Partial<ModelConfig>;
 }
@@ -63,7 +72,7 @@ export class Transformer {
       const config: ModelConfig = Object.freeze({ ...parsed, ...opts.overrides });
       const src = tensorSource(ckpt, config);
       validateTensors(ckpt, config, src);
-      return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager'), ckpt);
+      return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager', opts.onProgress), ckpt);
     } catch (e) {
       ckpt.store.close();
       throw e;

@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { openCheckpoint, type Checkpoint } from '../../io/checkpoint.js';
 import { CheckpointError } from '../../io/errors.js';
 import { parameterCount, parseHfConfig, parseNativeParams, type ModelConfig } from '../../model/config.js';
-import { chooseResidency, estimateMemory, tensorProblems, type MemoryEstimate, type TensorProblem } from '../../model/weights.js';
+import { chooseResidency, estimateMemory, type MemoryEstimate } from '../../model/residency.js';
+import { tensorProblems, type TensorProblem } from '../../model/schema.js';
 import { parse, required } from '../args.js';
 import { table } from '../common.js';
 import type { CliIO } from '../io.js';
@@ -42,7 +43,7 @@ export interface InspectReport {
   readonly parameters_expected: number | null;
   readonly bytes_on_disk: number;
   /** float32 bytes; from the config, or from the tensors when the config is invalid. */
-  readonly memory: MemoryEstimate | { eager: number };
+  readonly memory: (MemoryEstimate | { eager: number }) & { resident: number };
   readonly auto: { cpu: string; wasm: string; free_bytes: number };
   readonly problems: Array<Omit<TensorProblem, 'kind'> & { kind: TensorProblem['kind'] | 'config' }>;
 }
@@ -76,8 +77,10 @@ export function inspect(ckpt: Checkpoint): InspectReport {
   const dtypes: Record<string, number> = {};
   const perFile = new Map(store.files.map((f) => [f, 0]));
   let parameters = 0;
+  let storedBytes = 0;
   for (const name of store.names()) {
     const info = store.info(name);
+    storedBytes += info.end - info.begin;
     dtypes[info.dtype] = (dtypes[info.dtype] ?? 0) + 1;
     perFile.set(info.file, (perFile.get(info.file) ?? 0) + 1);
     parameters += info.shape.reduce((a, b) => a * b, 1);
@@ -87,7 +90,7 @@ export function inspect(ckpt: Checkpoint): InspectReport {
 
   const free = os.freemem();
   const auto = (backend: string) => {
-    const c = chooseResidency(4 * parameters, free, backend);
+    const c = chooseResidency({ storedBytes, float32Bytes: 4 * parameters }, free, backend);
     return `${c.weights} (${c.reason})`;
   };
   return {
@@ -101,7 +104,7 @@ export function inspect(ckpt: Checkpoint): InspectReport {
     parameters,
     parameters_expected: config === null ? null : parameterCount(config),
     bytes_on_disk: files.reduce((n, f) => n + f.bytes, 0),
-    memory: config === null ? { eager: 4 * parameters } : estimateMemory(config),
+    memory: { resident: storedBytes, ...(config === null ? { eager: 4 * parameters } : estimateMemory(config)) },
     auto: { cpu: auto('cpu'), wasm: auto('wasm'), free_bytes: free },
     problems,
   };
@@ -126,11 +129,12 @@ function render(r: InspectReport): string {
   row('parameters', `${r.parameters.toLocaleString('en-US')}` +
     (r.parameters_expected === null ? '' : r.parameters_expected === r.parameters ? ' (as the config implies)' : ` (the config implies ${r.parameters_expected.toLocaleString('en-US')})`));
   const m = r.memory;
+  row('memory', `resident ${bytes(m.resident)} of weights at their stored width`);
   if ('stream' in m) {
-    row('memory', `eager ${bytes(m.eager)} of float32 weights`);
+    row('', `eager ${bytes(m.eager)} of float32 weights`);
     row('', `stream ≈ ${bytes(m.stream)} peak (largest layer ${bytes(m.layer)}, head ${bytes(m.head)}, one tensor in flight ${bytes(m.largestTensor)})`);
   } else {
-    row('memory', `eager ${bytes(m.eager)} of float32 weights`);
+    row('', `eager ${bytes(m.eager)} of float32 weights`);
   }
   row('auto', `cpu: ${r.auto.cpu}`);
   row('', `wasm: ${r.auto.wasm}`);

@@ -1,0 +1,365 @@
+/**
+ * Builds the project's wasm SIMD kernels (src/kernels/simd/) from WebAssembly text written
+ * here, with the `wabt` npm package: nothing is downloaded, no native compiler is needed.
+ * Run by `npm run build` / `prepare` / `pretest`; writes src/kernels/simd/kernels.generated.ts
+ * (the module's bytes as base64, so tsc carries it into dist/ and it loads from either).
+ *
+ * Why hand-written wasm: tfjs has no bf16 dtype, and its wasm backend keeps a packed
+ * float32 copy of every weight in one 4 GiB heap. These kernels read weights at their
+ * stored width (bf16, f16 or f32) from memories the project owns, and widen inside.
+ *
+ * Layout conventions shared with src/kernels/simd/matmul.ts:
+ * - A weight is row-major [rows, K] at its stored width (as in the checkpoint).
+ * - For 2-byte weights, each block of 8 columns is read as one v128 and split into its
+ *   even and odd elements without shuffles (bf16: `shl 16` gives the even ones as f32,
+ *   `and 0xffff0000` the odd ones). So x is passed with each 8-block permuted to
+ *   [x0 x2 x4 x6 x1 x3 x5 x7]; the K mod 8 tail stays in natural order.
+ * - Products accumulate in float32, four lanes, summed across lanes at the end of a row.
+ */
+import { writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+
+type DType = 'bf16' | 'f16' | 'f32';
+const DTYPES: DType[] = ['bf16', 'f16', 'f32'];
+const SIZE: Record<DType, number> = { bf16: 2, f16: 2, f32: 4 };
+
+/** Code that leaves the 8 elements at address `p` as two f32x4 in locals `e` and `o`. */
+function load8(d: DType, p: string, e: string, o: string): string {
+  if (d === 'f32') {
+    return `(local.set ${e} (v128.load ${p})) (local.set ${o} (v128.load offset=16 ${p}))`;
+  }
+  if (d === 'bf16') {
+    return `(local.set $v (v128.load ${p}))
+      (local.set ${e} (i32x4.shl (local.get $v) (i32.const 16)))
+      (local.set ${o} (v128.and (local.get $v) (v128.const i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000)))`;
+  }
+  return `(local.set $v (v128.load ${p}))
+      (local.set ${e} (call $half4 (v128.and (local.get $v) (v128.const i32x4 0xffff 0xffff 0xffff 0xffff))))
+      (local.set ${o} (call $half4 (i32x4.shr_u (local.get $v) (i32.const 16))))`;
+}
+
+/** One element at byte address `p`, as f32. */
+function load1(d: DType, p: string): string {
+  if (d === 'f32') return `(f32.load ${p})`;
+  if (d === 'bf16') return `(f32.reinterpret_i32 (i32.shl (i32.load16_u ${p}) (i32.const 16)))`;
+  return `(call $half1 (i32.load16_u ${p}))`;
+}
+
+const hsum = (v: string) => `(f32.add (f32.add (f32x4.extract_lane 0 ${v}) (f32x4.extract_lane 1 ${v}))
+      (f32.add (f32x4.extract_lane 2 ${v}) (f32x4.extract_lane 3 ${v})))`;
+
+/**
+ * y[r] = Σ_k W[r, k] · x[k] for r < rows: four rows per pass so each x load serves four
+ * rows (decode is bound by reading W once), two accumulators per row (even/odd lanes).
+ * `x` is the permuted vector described above; rows r0 ≤ r < r1 only (a worker's share).
+ */
+function gemv(d: DType): string {
+  const s = SIZE[d];
+  const rows = [0, 1, 2, 3];
+  const accs = rows.flatMap((r) => [`$e${r}`, `$o${r}`]);
+  return `
+  (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32)
+    (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32)
+    (local $v v128) (local $a v128) (local $b v128) (local $xe v128) (local $xo v128)
+    ${accs.map((a) => `(local ${a} v128)`).join(' ')}
+    (local $s0 f32) (local $s1 f32) (local $s2 f32) (local $s3 f32)
+    (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
+    (local.set $rb (i32.mul (local.get $K) (i32.const ${s})))
+    (local.set $r (local.get $r0))
+    (block $done4 (loop $rows4
+      (br_if $done4 (i32.gt_u (i32.add (local.get $r) (i32.const 4)) (local.get $r1)))
+      ${accs.map((a) => `(local.set ${a} (v128.const i32x4 0 0 0 0))`).join(' ')}
+      (local.set $p (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb))))
+      (local.set $xp (local.get $x))
+      (local.set $k (i32.const 0))
+      (block $kd (loop $kl
+        (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
+        (local.set $xe (v128.load (local.get $xp)))
+        (local.set $xo (v128.load offset=16 (local.get $xp)))
+        ${rows.map((r) => `${load8(d, `(i32.add (local.get $p) (i32.mul (local.get $rb) (i32.const ${r})))`, '$a', '$b')}
+        (local.set $e${r} (f32x4.add (local.get $e${r}) (f32x4.mul (local.get $a) (local.get $xe))))
+        (local.set $o${r} (f32x4.add (local.get $o${r}) (f32x4.mul (local.get $b) (local.get $xo))))`).join('\n        ')}
+        (local.set $p (i32.add (local.get $p) (i32.const ${8 * s})))
+        (local.set $xp (i32.add (local.get $xp) (i32.const 32)))
+        (local.set $k (i32.add (local.get $k) (i32.const 8)))
+        (br $kl)))
+      ${rows.map((r) => `(local.set $s${r} ${hsum(`(f32x4.add (local.get $e${r}) (local.get $o${r}))`)})`).join('\n      ')}
+      ;; the K mod 8 tail, natural order; $p points at row 0's tail
+      (block $td (loop $tl
+        (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
+        ${rows.map((r) => `(local.set $s${r} (f32.add (local.get $s${r}) (f32.mul ${load1(d, `(i32.add (local.get $p) (i32.mul (local.get $rb) (i32.const ${r})))`)} (f32.load (local.get $xp)))))`).join('\n        ')}
+        (local.set $p (i32.add (local.get $p) (i32.const ${s})))
+        (local.set $xp (i32.add (local.get $xp) (i32.const 4)))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $tl)))
+      ${rows.map((r) => `(f32.store offset=${4 * r} (i32.add (local.get $y) (i32.shl (local.get $r) (i32.const 2))) (local.get $s${r}))`).join('\n      ')}
+      (local.set $r (i32.add (local.get $r) (i32.const 4)))
+      (br $rows4)))
+    ;; leftover rows, one at a time
+    (block $done1 (loop $rows1
+      (br_if $done1 (i32.ge_u (local.get $r) (local.get $r1)))
+      (local.set $e0 (v128.const i32x4 0 0 0 0)) (local.set $o0 (v128.const i32x4 0 0 0 0))
+      (local.set $p (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb))))
+      (local.set $xp (local.get $x))
+      (local.set $k (i32.const 0))
+      (block $kd (loop $kl
+        (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
+        ${load8(d, '(local.get $p)', '$a', '$b')}
+        (local.set $e0 (f32x4.add (local.get $e0) (f32x4.mul (local.get $a) (v128.load (local.get $xp)))))
+        (local.set $o0 (f32x4.add (local.get $o0) (f32x4.mul (local.get $b) (v128.load offset=16 (local.get $xp)))))
+        (local.set $p (i32.add (local.get $p) (i32.const ${8 * s})))
+        (local.set $xp (i32.add (local.get $xp) (i32.const 32)))
+        (local.set $k (i32.add (local.get $k) (i32.const 8)))
+        (br $kl)))
+      (local.set $s0 ${hsum('(f32x4.add (local.get $e0) (local.get $o0))')})
+      (block $td (loop $tl
+        (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
+        (local.set $s0 (f32.add (local.get $s0) (f32.mul ${load1(d, '(local.get $p)')} (f32.load (local.get $xp)))))
+        (local.set $p (i32.add (local.get $p) (i32.const ${s})))
+        (local.set $xp (i32.add (local.get $xp) (i32.const 4)))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $tl)))
+      (f32.store (i32.add (local.get $y) (i32.shl (local.get $r) (i32.const 2))) (local.get $s0))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rows1)))
+  )`;
+}
+
+/**
+ * Widens `n` rows of K stored elements at `w` to float32 at `out`, in the order the
+ * permuted x expects (8-blocks split even/odd, natural tail): then a float32 dot product
+ * of a widened row with the permuted x is the row's dot product with x.
+ */
+function widen(d: DType): string {
+  if (d === 'f32') return '';
+  const s = SIZE[d];
+  return `
+  (func $widen_${d} (export "widen_${d}") (param $w i32) (param $out i32) (param $n i32) (param $K i32)
+    (local $i i32) (local $k i32) (local $K8 i32) (local $p i32) (local $q i32) (local $v v128) (local $a v128) (local $b v128)
+    (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
+    (local.set $p (local.get $w))
+    (local.set $q (local.get $out))
+    (block $rd (loop $rl
+      (br_if $rd (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $k (i32.const 0))
+      (block $kd (loop $kl
+        (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
+        ${load8(d, '(local.get $p)', '$a', '$b')}
+        (v128.store (local.get $q) (local.get $a))
+        (v128.store offset=16 (local.get $q) (local.get $b))
+        (local.set $p (i32.add (local.get $p) (i32.const ${8 * s})))
+        (local.set $q (i32.add (local.get $q) (i32.const 32)))
+        (local.set $k (i32.add (local.get $k) (i32.const 8)))
+        (br $kl)))
+      (block $td (loop $tl
+        (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
+        (f32.store (local.get $q) ${load1(d, '(local.get $p)')})
+        (local.set $p (i32.add (local.get $p) (i32.const ${s})))
+        (local.set $q (i32.add (local.get $q) (i32.const 4)))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $tl)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $rl)))
+  )`;
+}
+
+/**
+ * The float32 tile of the matrix-matrix product: rows [r0, r0 + nr) of float32 weights
+ * `wf` (row stride K floats) times tokens [t0, t1) of x (row stride K floats), into
+ * y[t · ldy + r]. Register tile: 4 rows × 2 tokens = 8 accumulators, so each weight
+ * load serves 2 tokens and each x load 4 rows.
+ */
+const TILE = `
+  (func $tile (param $wf i32) (param $nr i32) (param $r0 i32) (param $x i32) (param $t0 i32) (param $t1 i32)
+      (param $K i32) (param $y i32) (param $ldy i32)
+    (local $t i32) (local $k i32) (local $K4 i32) (local $kb i32) (local $i i32)
+    (local $w0 i32) (local $x0 i32) (local $x1 i32) (local $yp i32)
+    (local $a v128) (local $b v128) (local $c v128) (local $d v128) (local $p v128) (local $q v128)
+    (local $a0 v128) (local $a1 v128) (local $b0 v128) (local $b1 v128) (local $c0 v128) (local $c1 v128) (local $d0 v128) (local $d1 v128)
+    (local $s f32) (local $u f32)
+    (local.set $K4 (i32.and (local.get $K) (i32.const -4)))
+    (local.set $kb (i32.shl (local.get $K) (i32.const 2)))
+    (local.set $t (local.get $t0))
+    ;; pairs of tokens against 4 rows
+    (if (i32.eq (local.get $nr) (i32.const 4)) (then
+    (block $pd (loop $pl
+      (br_if $pd (i32.gt_u (i32.add (local.get $t) (i32.const 2)) (local.get $t1)))
+      (local.set $a0 (v128.const i32x4 0 0 0 0)) (local.set $a1 (v128.const i32x4 0 0 0 0))
+      (local.set $b0 (v128.const i32x4 0 0 0 0)) (local.set $b1 (v128.const i32x4 0 0 0 0))
+      (local.set $c0 (v128.const i32x4 0 0 0 0)) (local.set $c1 (v128.const i32x4 0 0 0 0))
+      (local.set $d0 (v128.const i32x4 0 0 0 0)) (local.set $d1 (v128.const i32x4 0 0 0 0))
+      (local.set $w0 (local.get $wf))
+      (local.set $x0 (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $kb))))
+      (local.set $x1 (i32.add (local.get $x0) (local.get $kb)))
+      (local.set $k (i32.const 0))
+      (block $kd (loop $kl
+        (br_if $kd (i32.ge_u (local.get $k) (local.get $K4)))
+        (local.set $p (v128.load (local.get $x0)))
+        (local.set $q (v128.load (local.get $x1)))
+        (local.set $a (v128.load (local.get $w0)))
+        (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $a) (local.get $p))))
+        (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $a) (local.get $q))))
+        (local.set $b (v128.load (i32.add (local.get $w0) (local.get $kb))))
+        (local.set $b0 (f32x4.add (local.get $b0) (f32x4.mul (local.get $b) (local.get $p))))
+        (local.set $b1 (f32x4.add (local.get $b1) (f32x4.mul (local.get $b) (local.get $q))))
+        (local.set $c (v128.load (i32.add (local.get $w0) (i32.shl (local.get $kb) (i32.const 1)))))
+        (local.set $c0 (f32x4.add (local.get $c0) (f32x4.mul (local.get $c) (local.get $p))))
+        (local.set $c1 (f32x4.add (local.get $c1) (f32x4.mul (local.get $c) (local.get $q))))
+        (local.set $d (v128.load (i32.add (local.get $w0) (i32.mul (local.get $kb) (i32.const 3)))))
+        (local.set $d0 (f32x4.add (local.get $d0) (f32x4.mul (local.get $d) (local.get $p))))
+        (local.set $d1 (f32x4.add (local.get $d1) (f32x4.mul (local.get $d) (local.get $q))))
+        (local.set $w0 (i32.add (local.get $w0) (i32.const 16)))
+        (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
+        (local.set $x1 (i32.add (local.get $x1) (i32.const 16)))
+        (local.set $k (i32.add (local.get $k) (i32.const 4)))
+        (br $kl)))
+      ;; sums, then the K mod 4 tail of each of the 8 dot products
+      (local.set $yp (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (local.get $r0)) (i32.const 2))))
+      ${[['$a0', '$a1', 0], ['$b0', '$b1', 1], ['$c0', '$c1', 2], ['$d0', '$d1', 3]].map(([u, v, r]) => `
+      (local.set $s ${hsum(`(local.get ${u})`)})
+      (local.set $u ${hsum(`(local.get ${v})`)})
+      (local.set $i (local.get $k))
+      (block $td (loop $tl
+        (br_if $td (i32.ge_u (local.get $i) (local.get $K)))
+        (local.set $s (f32.add (local.get $s) (f32.mul
+          (f32.load (i32.add (local.get $wf) (i32.shl (i32.add (i32.mul (local.get $K) (i32.const ${r})) (local.get $i)) (i32.const 2))))
+          (f32.load (i32.add (local.get $x) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $K)) (local.get $i)) (i32.const 2)))))))
+        (local.set $u (f32.add (local.get $u) (f32.mul
+          (f32.load (i32.add (local.get $wf) (i32.shl (i32.add (i32.mul (local.get $K) (i32.const ${r})) (local.get $i)) (i32.const 2))))
+          (f32.load (i32.add (local.get $x) (i32.shl (i32.add (i32.mul (i32.add (local.get $t) (i32.const 1)) (local.get $K)) (local.get $i)) (i32.const 2)))))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $tl)))
+      (f32.store offset=${4 * Number(r)} (local.get $yp) (local.get $s))
+      (f32.store offset=${4 * Number(r)} (i32.add (local.get $yp) (i32.shl (local.get $ldy) (i32.const 2))) (local.get $u))`).join('')}
+      (local.set $t (i32.add (local.get $t) (i32.const 2)))
+      (br $pl)))))
+    ;; what is left (a last odd token, or fewer than 4 rows): one dot product at a time
+    (block $rd (loop $rl
+      (br_if $rd (i32.ge_u (local.get $t) (local.get $t1)))
+      (local.set $i (i32.const 0))
+      (block $od (loop $ol
+        (br_if $od (i32.ge_u (local.get $i) (local.get $nr)))
+        (f32.store (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $i))) (i32.const 2)))
+          (call $dot (i32.add (local.get $wf) (i32.mul (local.get $i) (local.get $kb)))
+                     (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $kb))) (local.get $K)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $ol)))
+      (local.set $t (i32.add (local.get $t) (i32.const 1)))
+      (br $rl)))
+  )
+  (func $dot (param $a i32) (param $b i32) (param $K i32) (result f32)
+    (local $k i32) (local $K4 i32) (local $acc v128) (local $s f32)
+    (local.set $K4 (i32.and (local.get $K) (i32.const -4)))
+    (block $kd (loop $kl
+      (br_if $kd (i32.ge_u (local.get $k) (local.get $K4)))
+      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (v128.load (local.get $a)) (v128.load (local.get $b)))))
+      (local.set $a (i32.add (local.get $a) (i32.const 16)))
+      (local.set $b (i32.add (local.get $b) (i32.const 16)))
+      (local.set $k (i32.add (local.get $k) (i32.const 4)))
+      (br $kl)))
+    (local.set $s ${hsum('(local.get $acc)')})
+    (block $td (loop $tl
+      (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
+      (local.set $s (f32.add (local.get $s) (f32.mul (f32.load (local.get $a)) (f32.load (local.get $b)))))
+      (local.set $a (i32.add (local.get $a) (i32.const 4)))
+      (local.set $b (i32.add (local.get $b) (i32.const 4)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $tl)))
+    (local.get $s)
+  )`;
+
+/**
+ * Y[t, r] = Σ_k W[r, k] · X[t, k] for rows [r0, r1) and tokens [0, T). Tokens go in
+ * blocks of `tb` (so a block of x stays in cache), rows in groups of 4; 2-byte weights
+ * are widened once per (row group, token block) into `scratch` (4·K floats).
+ */
+function gemm(d: DType): string {
+  const s = SIZE[d];
+  const wf = d === 'f32'
+    ? '(i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb)))'
+    : '(local.get $scratch)';
+  const prep = d === 'f32' ? '' : `(call $widen_${d} (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb))) (local.get $scratch) (local.get $nr) (local.get $K))`;
+  return `
+  (func $gemm_${d} (export "gemm_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32)
+      (param $K i32) (param $T i32) (param $ldy i32) (param $tb i32) (param $scratch i32)
+    (local $t0 i32) (local $t1 i32) (local $r i32) (local $nr i32) (local $rb i32)
+    (local.set $rb (i32.mul (local.get $K) (i32.const ${s})))
+    (block $tdone (loop $tloop
+      (br_if $tdone (i32.ge_u (local.get $t0) (local.get $T)))
+      (local.set $t1 (select (local.get $T) (i32.add (local.get $t0) (local.get $tb))
+        (i32.gt_u (i32.add (local.get $t0) (local.get $tb)) (local.get $T))))
+      (local.set $r (local.get $r0))
+      (block $rdone (loop $rloop
+        (br_if $rdone (i32.ge_u (local.get $r) (local.get $r1)))
+        (local.set $nr (select (i32.const 4) (i32.sub (local.get $r1) (local.get $r))
+          (i32.ge_u (i32.sub (local.get $r1) (local.get $r)) (i32.const 4))))
+        ${prep}
+        (call $tile ${wf} (local.get $nr) (local.get $r) (local.get $x) (local.get $t0) (local.get $t1) (local.get $K) (local.get $y) (local.get $ldy))
+        (local.set $r (i32.add (local.get $r) (local.get $nr)))
+        (br $rloop)))
+      (local.set $t0 (local.get $t1))
+      (br $tloop)))
+  )`;
+}
+
+/** f16 → f32 for four lanes holding half bits in their low 16 bits (exact, incl. subnormals, inf, NaN). */
+const HALF = `
+  (func $half4 (param $h v128) (result v128)
+    (local $em v128) (local $f v128)
+    (local.set $em (v128.and (local.get $h) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)))
+    ;; exponent/mantissa moved into f32 position and rescaled by 2^112: exact for normal and subnormal halves
+    (local.set $f (f32x4.mul (i32x4.shl (local.get $em) (i32.const 13)) (v128.const i32x4 0x77800000 0x77800000 0x77800000 0x77800000)))
+    ;; inf / NaN: all-ones exponent, payload kept
+    (local.set $f (v128.bitselect
+      (v128.or (i32x4.shl (local.get $em) (i32.const 13)) (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+      (local.get $f)
+      (i32x4.ge_u (local.get $em) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))))
+    (v128.or (local.get $f) (i32x4.shl (v128.and (local.get $h) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16)))
+  )
+  (func $half1 (param $h i32) (result f32)
+    (f32x4.extract_lane 0 (call $half4 (i32x4.splat (local.get $h))))
+  )`;
+
+/** Reads `n` bytes (a multiple of 64) and folds them into one value: the bandwidth probe. */
+const READ = `
+  (func $read (export "read") (param $p i32) (param $n i32) (result i32)
+    (local $end i32) (local $a v128) (local $b v128) (local $c v128) (local $d v128)
+    (local.set $end (i32.add (local.get $p) (local.get $n)))
+    (block $d_ (loop $l
+      (br_if $d_ (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $a (v128.xor (local.get $a) (v128.load (local.get $p))))
+      (local.set $b (v128.xor (local.get $b) (v128.load offset=16 (local.get $p))))
+      (local.set $c (v128.xor (local.get $c) (v128.load offset=32 (local.get $p))))
+      (local.set $d (v128.xor (local.get $d) (v128.load offset=48 (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 64)))
+      (br $l)))
+    (i32x4.extract_lane 0 (v128.xor (v128.xor (local.get $a) (local.get $b)) (v128.xor (local.get $c) (local.get $d))))
+  )`;
+
+function kernelsWat(): string {
+  return `(module
+  (import "env" "memory" (memory 1 65536 shared))
+  ${HALF}
+  ${TILE}
+  ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
+  ${READ}
+)`;
+}
+
+async function main(): Promise<void> {
+  const require = createRequire(import.meta.url);
+  const wabt = await (require('wabt') as () => Promise<{
+    parseWat(name: string, text: string, features: Record<string, boolean>): { validate(): void; toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
+  }>)();
+  const mod = wabt.parseWat('kernels.wat', kernelsWat(), { simd: true, threads: true });
+  // No mod.validate(): wabt.js's validator rejects shared memories whatever the features
+  // say; V8 validates the module when it compiles it (and the kernel tests run it).
+  const bytes = mod.toBinary({}).buffer;
+  mod.destroy();
+  const out = new URL('../src/kernels/simd/kernels.generated.ts', import.meta.url);
+  writeFileSync(out, `// Generated by scripts/build-kernels.ts from the WebAssembly text there; do not edit.\n` +
+    `export const KERNELS_WASM = '${Buffer.from(bytes).toString('base64')}';\n`);
+  console.log(`kernels: ${bytes.length} bytes of wasm → src/kernels/simd/kernels.generated.ts`);
+}
+
+await main();

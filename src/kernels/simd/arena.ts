@@ -1,0 +1,144 @@
+/**
+ * Memory the project's wasm kernels own: weights at their stored width, outside tfjs.
+ *
+ * One `WebAssembly.Memory` holds at most 4 GiB (Node 20 has no 64-bit memories), and a
+ * module instance sees one memory, so a 14.5 GB checkpoint lives in several arenas, each
+ * a memory with its own kernel instance and its own scratch space for activations.
+ * Memories are shared (SharedArrayBuffer), so worker threads can run the same kernels over
+ * the same weights without copying them. A tensor never spans two arenas.
+ */
+import { KERNELS_WASM } from './kernels.generated.js';
+
+export interface KernelExports {
+  gemv_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number): void;
+  gemv_f16(w: number, x: number, y: number, r0: number, r1: number, K: number): void;
+  gemv_f32(w: number, x: number, y: number, r0: number, r1: number, K: number): void;
+  gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
+  gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
+  gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
+  /** Folds n bytes from p into one value (the bandwidth probe). */
+  read(p: number, n: number): number;
+}
+
+// The few WebAssembly JS-API types used here (the project compiles without the DOM lib).
+export interface WasmMemory {
+  readonly buffer: SharedArrayBuffer;
+  grow(pages: number): number;
+}
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: object };
+  Memory: new (d: { initial: number; maximum: number; shared: true }) => WasmMemory;
+}
+const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+let compiled: object | null = null;
+
+/** The compiled kernel module (compiled once per thread). */
+export function kernelModule(): object {
+  compiled ??= new wasm.Module(Buffer.from(KERNELS_WASM, 'base64'));
+  return compiled;
+}
+
+export function instantiate(memory: WasmMemory): KernelExports {
+  return new wasm.Instance(kernelModule(), { env: { memory } }).exports as KernelExports;
+}
+
+const PAGE = 65536;
+/** Pages of one memory: 4 GiB, the wasm32 limit. */
+export const MAX_PAGES = 65536;
+
+/** Floats of activation scratch per arena: inputs, outputs, and four widened weight rows. */
+export const SCRATCH_X = 2 ** 21; // 8 MiB
+export const SCRATCH_Y = 2 ** 21;
+/** Longest row the matrix-matrix kernel widens (4 rows of this many floats). */
+export const MAX_K = 2 ** 16;
+
+export class ArenaError extends Error {
+  override readonly name = 'ArenaError';
+}
+
+export class Arena {
+  readonly memory: WasmMemory;
+  readonly kernels: KernelExports;
+  /** Byte offsets of the scratch regions (at the start of the memory). */
+  readonly x: number;
+  readonly y: number;
+  readonly widen: number;
+  private top: number;
+
+  constructor() {
+    const scratchBytes = 4 * (SCRATCH_X + SCRATCH_Y + 4 * MAX_K);
+    this.memory = new wasm.Memory({ initial: Math.ceil(scratchBytes / PAGE), maximum: MAX_PAGES, shared: true });
+    this.kernels = instantiate(this.memory);
+    this.x = 0;
+    this.y = 4 * SCRATCH_X;
+    this.widen = this.y + 4 * SCRATCH_Y;
+    this.top = scratchBytes;
+  }
+
+  /** Bytes in use (scratch included). */
+  get used(): number {
+    return this.top;
+  }
+
+  /** Reserves `bytes` (64-byte aligned), growing the memory; null when it would pass 4 GiB. */
+  tryAlloc(bytes: number): number | null {
+    const start = Math.ceil(this.top / 64) * 64;
+    const end = start + bytes;
+    if (end > MAX_PAGES * PAGE) return null;
+    const pages = this.memory.buffer.byteLength / PAGE;
+    const need = Math.ceil(end / PAGE);
+    if (need > pages) {
+      try {
+        this.memory.grow(need - pages);
+      } catch (e) {
+        throw new ArenaError(`cannot grow kernel memory to ${(end / 2 ** 30).toFixed(2)} GiB: ${(e as Error).message}`);
+      }
+    }
+    this.top = end;
+    return start;
+  }
+
+  /** A view of `bytes` bytes at `ptr` (views must be made after any grow). */
+  bytes(ptr: number, bytes: number): Uint8Array {
+    return new Uint8Array(this.memory.buffer, ptr, bytes);
+  }
+
+  floats(ptr: number, n: number): Float32Array {
+    return new Float32Array(this.memory.buffer, ptr, n);
+  }
+}
+
+/** Where one tensor's bytes live. */
+export interface Allocation {
+  readonly arena: Arena;
+  readonly ptr: number;
+}
+
+/** The arenas of one model: allocates tensors, opening a new arena when one is full. */
+export class WeightMemory {
+  readonly arenas: Arena[] = [];
+
+  alloc(bytes: number): Allocation {
+    if (bytes > MAX_PAGES * PAGE - 4 * (SCRATCH_X + SCRATCH_Y + 4 * MAX_K)) {
+      throw new ArenaError(`one tensor of ${(bytes / 2 ** 30).toFixed(2)} GiB does not fit in a 4 GiB wasm memory`);
+    }
+    const last = this.arenas.at(-1);
+    const ptr = last?.tryAlloc(bytes) ?? null;
+    if (last !== undefined && ptr !== null) return { arena: last, ptr };
+    const fresh = new Arena();
+    this.arenas.push(fresh);
+    return { arena: fresh, ptr: fresh.tryAlloc(bytes)! };
+  }
+
+  /** Bytes reserved in every arena, scratch included. */
+  get bytes(): number {
+    return this.arenas.reduce((a, m) => a + m.used, 0);
+  }
+
+  /** Drops the memories (the garbage collector frees them; wasm memories cannot shrink). */
+  dispose(): void {
+    this.arenas.length = 0;
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Matrix products over weights kept at their stored width in kernel memory (arena.ts),
+ * with the wasm SIMD kernels of scripts/build-kernels.ts. Accumulation is float32.
+ *
+ * One token (decode) is a matrix-vector product that streams the weight once, widening
+ * as it reads; several tokens (prefill) widen four rows at a time into a float32 scratch
+ * and run a 4-rows × 2-tokens register tile over them.
+ */
+import { Arena, SCRATCH_X, SCRATCH_Y, MAX_K, type Allocation } from './arena.js';
+
+export type WeightDType = 'bf16' | 'f16' | 'f32';
+
+export const DTYPE_BYTES: Readonly<Record<WeightDType, number>> = { bf16: 2, f16: 2, f32: 4 };
+
+/** A row-major [rows, cols] weight in an arena. */
+export interface StoredMatrix extends Allocation {
+  readonly rows: number;
+  readonly cols: number;
+  readonly dtype: WeightDType;
+}
+
+/**
+ * Writes `T` rows of x into `dst` in the order the kernels read them: for 2-byte weights
+ * each block of 8 is split into its even then its odd elements (see build-kernels.ts).
+ */
+export function layoutInput(x: Float32Array, T: number, K: number, dtype: WeightDType, dst: Float32Array): void {
+  if (dtype === 'f32') {
+    dst.set(x.subarray(0, T * K));
+    return;
+  }
+  const K8 = K & ~7;
+  for (let t = 0; t < T; t++) {
+    const o = t * K;
+    for (let b = 0; b < K8; b += 8) {
+      const i = o + b;
+      dst[i] = x[i]!; dst[i + 1] = x[i + 2]!; dst[i + 2] = x[i + 4]!; dst[i + 3] = x[i + 6]!;
+      dst[i + 4] = x[i + 1]!; dst[i + 5] = x[i + 3]!; dst[i + 6] = x[i + 5]!; dst[i + 7] = x[i + 7]!;
+    }
+    for (let k = K8; k < K; k++) dst[o + k] = x[o + k]!;
+  }
+}
+
+/** Tokens per cache block of the matrix-matrix kernel: about 512 KiB of x. */
+function tokenBlock(K: number): number {
+  return Math.max(2, Math.floor(131072 / K) & ~1);
+}
+
+/**
+ * y = x · Wᵀ for T tokens.
+ * @param x [T, cols] row-major
+ * @returns [T, rows]
+ */
+export function matmul(x: Float32Array, T: number, m: StoredMatrix): Float32Array {
+  const { rows, cols: K, arena } = m;
+  if (K > MAX_K) throw new RangeError(`matmul: rows of ${K} elements exceed the kernels' ${MAX_K}`);
+  const out = new Float32Array(T * rows);
+  // Tokens per pass: as many as the scratch regions hold.
+  const chunk = Math.max(1, Math.min(T, Math.floor(SCRATCH_X / K), Math.floor(SCRATCH_Y / rows)));
+  if (chunk * rows > SCRATCH_Y) return matmulWide(x, T, m, out);
+  for (let t0 = 0; t0 < T; t0 += chunk) {
+    const n = Math.min(chunk, T - t0);
+    run(arena, m, x.subarray(t0 * K, (t0 + n) * K), n, 0, rows, arena.y, rows);
+    out.set(arena.floats(arena.y, n * rows), t0 * rows);
+  }
+  return out;
+}
+
+/** A single token against more rows than the output scratch holds (a huge vocabulary): row slices. */
+function matmulWide(x: Float32Array, T: number, m: StoredMatrix, out: Float32Array): Float32Array {
+  const { rows, cols: K, arena } = m;
+  for (let t = 0; t < T; t++) {
+    for (let r0 = 0; r0 < rows; r0 += SCRATCH_Y) {
+      const r1 = Math.min(rows, r0 + SCRATCH_Y);
+      run(arena, m, x.subarray(t * K, (t + 1) * K), 1, r0, r1, arena.y - 4 * r0, rows);
+      out.set(arena.floats(arena.y, r1 - r0), t * rows + r0);
+    }
+  }
+  return out;
+}
+
+/** Rows [r0, r1) of n tokens, into y (byte offset; element (t, r) at y + 4·(t·ldy + r)). */
+function run(arena: Arena, m: StoredMatrix, x: Float32Array, n: number, r0: number, r1: number, y: number, ldy: number): void {
+  const K = m.cols;
+  layoutInput(x, n, K, m.dtype, arena.floats(arena.x, n * K));
+  const k = arena.kernels;
+  if (n === 1) {
+    const gemv = m.dtype === 'bf16' ? k.gemv_bf16 : m.dtype === 'f16' ? k.gemv_f16 : k.gemv_f32;
+    gemv(m.ptr, arena.x, y, r0, r1, K);
+  } else {
+    const gemm = m.dtype === 'bf16' ? k.gemm_bf16 : m.dtype === 'f16' ? k.gemm_f16 : k.gemm_f32;
+    gemm(m.ptr, arena.x, y, r0, r1, K, n, ldy, tokenBlock(K), arena.widen);
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * The native-layout adapter: canonical (Hugging Face) names over a checkpoint of any layout.
+ *
+ * The one place where layouts differ: Mistral's consolidated names map to HF names, and
+ * the rows of wq / wk are permuted per head from Mistral's interleaved RoPE pairs
+ * (x[2p], x[2p+1]) to HF's rotate-half pairs (x[p], x[p + d/2]). Everything past
+ * `tensorSource` sees HF names and HF row order only.
+ */
+import type { Checkpoint, TensorStore } from '../io/checkpoint.js';
+import type { ModelConfig } from './config.js';
+
+/** Where the data of one canonical tensor comes from. */
+export interface TensorSource {
+  /** Shape as stored (same in every layout). */
+  shape(name: string): readonly number[] | undefined;
+  /** Stored dtype (F32, F16, BF16). */
+  dtype(name: string): string;
+  /** float32 copy of the tensor, or of `count` elements from element `start`, in HF row order. */
+  read(name: string, start?: number, count?: number): Float32Array;
+  /** The stored bytes into `out` (exactly the tensor's size), in HF row order. */
+  readInto(name: string, out: Uint8Array): void;
+}
+
+/** HF name → Mistral native name (inverse of what HF's converter does). */
+export function nativeName(hf: string): string {
+  const fixed: Record<string, string> = {
+    'model.embed_tokens.weight': 'tok_embeddings.weight',
+    'model.norm.weight': 'norm.weight',
+    'lm_head.weight': 'output.weight',
+  };
+  if (fixed[hf] !== undefined) return fixed[hf];
+  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(hf);
+  if (m === null) return hf;
+  const parts: Record<string, string> = {
+    'input_layernorm.weight': 'attention_norm.weight',
+    'post_attention_layernorm.weight': 'ffn_norm.weight',
+    'self_attn.q_proj.weight': 'attention.wq.weight',
+    'self_attn.k_proj.weight': 'attention.wk.weight',
+    'self_attn.v_proj.weight': 'attention.wv.weight',
+    'self_attn.o_proj.weight': 'attention.wo.weight',
+    'mlp.gate_proj.weight': 'feed_forward.w1.weight',
+    'mlp.down_proj.weight': 'feed_forward.w2.weight',
+    'mlp.up_proj.weight': 'feed_forward.w3.weight',
+    'block_sparse_moe.gate.weight': 'feed_forward.gate.weight',
+  };
+  const rest = parts[m[2]!] ?? m[2]!.replace(/^block_sparse_moe\.experts\./, 'feed_forward.experts.');
+  return `layers.${m[1]}.${rest}`;
+}
+
+/**
+ * Row permutation between the RoPE layouts, per head of size d:
+ * HF row h·d + i·d/2 + p  ←  native row h·d + 2p + i   (i ∈ {0, 1}, p < d/2).
+ * @param data [heads·d, cols] row-major
+ */
+export function permuteNativeToHf(data: Float32Array, heads: number, d: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  const half = d / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < 2; i++) {
+      for (let p = 0; p < half; p++) {
+        const from = (h * d + 2 * p + i) * cols;
+        out.set(data.subarray(from, from + cols), (h * d + i * half + p) * cols);
+      }
+    }
+  }
+  return out;
+}
+
+/** The inverse of permuteNativeToHf (HF's converter direction reversed). */
+export function permuteHfToNative(data: Float32Array, heads: number, d: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  const half = d / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < 2; i++) {
+      for (let p = 0; p < half; p++) {
+        const from = (h * d + i * half + p) * cols;
+        out.set(data.subarray(from, from + cols), (h * d + 2 * p + i) * cols);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * permuteNativeToHf in place on stored bytes (any dtype): rows of `rowBytes` bytes.
+ * @param data [heads·d rows] row-major
+ */
+export function permuteRowsNativeToHf(data: Uint8Array, heads: number, d: number, rowBytes: number): void {
+  const copy = data.slice();
+  const half = d / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < 2; i++) {
+      for (let p = 0; p < half; p++) {
+        const from = (h * d + 2 * p + i) * rowBytes;
+        data.set(copy.subarray(from, from + rowBytes), (h * d + i * half + p) * rowBytes);
+      }
+    }
+  }
+}
+
+/** Canonical-name access to a checkpoint of any layout. */
+export function tensorSource(ckpt: Checkpoint, c: ModelConfig): TensorSource {
+  const store: TensorStore = ckpt.store;
+  if (ckpt.layout !== 'native') {
+    return {
+      shape: (name) => (store.has(name) ? store.info(name).shape : undefined),
+      dtype: (name) => store.info(name).dtype,
+      read: (name, start, count) => store.readFloat32(name, start, count),
+      readInto: (name, out) => store.readInto(name, out),
+    };
+  }
+  // q and k rows are permuted per head; every other tensor is stored as HF stores it.
+  const ropeHeads = (name: string) => (name.endsWith('self_attn.q_proj.weight') ? c.numHeads
+    : name.endsWith('self_attn.k_proj.weight') ? c.numKvHeads : null);
+  return {
+    shape: (name) => (store.has(nativeName(name)) ? store.info(nativeName(name)).shape : undefined),
+    dtype: (name) => store.info(nativeName(name)).dtype,
+    read: (name, start, count) => {
+      const data = store.readFloat32(nativeName(name), start, count);
+      const heads = ropeHeads(name);
+      return heads === null ? data : permuteNativeToHf(data, heads, c.headDim, c.hiddenSize);
+    },
+    readInto: (name, out) => {
+      store.readInto(nativeName(name), out);
+      const heads = ropeHeads(name);
+      if (heads !== null) permuteRowsNativeToHf(out, heads, c.headDim, out.length / (heads * c.headDim));
+    },
+  };
+}

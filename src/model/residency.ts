@@ -1,0 +1,107 @@
+/**
+ * Memory policy: how many bytes the weights take, and whether they stay resident.
+ *
+ * `resident` keeps every weight at its stored width (bf16: 2 bytes) in the simd kernels'
+ * memory; `eager` turns every tensor into a float32 tf tensor at load (the plain tfjs
+ * path); `stream` reads a layer's tensors from disk when the forward reaches it and frees
+ * them after, so a checkpoint larger than memory runs layer by layer (the store itself is
+ * `ModelWeights`). This module
+ * is arithmetic only: it reads no file and holds no tensor.
+ */
+import type { KernelsName } from '../kernels/linear.js';
+import type { ModelConfig } from './config.js';
+
+export type Residency = 'resident' | 'eager' | 'stream';
+
+/** float32 bytes the weights take in each residency mode (activations not counted). */
+export interface MemoryEstimate {
+  /** Every weight resident: 4 bytes × parameters. */
+  readonly eager: number;
+  /** The largest decoder layer (Mixtral: with all its experts, the prefill worst case). */
+  readonly layer: number;
+  /** The final norm and the unembedding, resident while the logits are computed. */
+  readonly head: number;
+  /** The largest single tensor: one transient float32 copy is in flight while it loads. */
+  readonly largestTensor: number;
+  /** Stream-mode peak: one layer or the head, plus one tensor in flight. */
+  readonly stream: number;
+}
+
+export function estimateMemory(c: ModelConfig): MemoryEstimate {
+  // Arithmetic, not a walk over expectedTensors: a config may claim 10^9 layers.
+  const H = c.hiddenSize;
+  const E = c.numExperts ?? 1;
+  const q = c.numHeads * c.headDim * H;
+  const kv = c.numKvHeads * c.headDim * H;
+  const mlp = c.intermediateSize * H; // one of gate / up / down (per expert)
+  const layer = 2 * H + 2 * q + 2 * kv + 3 * mlp * E + (c.numExperts === null ? 0 : E * H);
+  const table = c.vocabSize * H;
+  const eager = c.numLayers * layer + table * (c.tieWordEmbeddings ? 1 : 2) + H;
+  const largest = Math.max(table, mlp, q);
+  return { eager: 4 * eager, layer: 4 * layer, head: 4 * (table + H), largestTensor: 4 * largest, stream: 4 * (Math.max(layer, table + H) + largest) };
+}
+
+/** tfjs-wasm is a 32-bit heap: 4 GiB at most, shared with activations and copies. */
+export const WASM_EAGER_LIMIT = 2 * 2 ** 30;
+
+/** Resident weights may take this share of free memory; the rest is for activations and caches. */
+export const RESIDENT_SHARE = 0.85;
+
+/** What a checkpoint weighs, from its headers. */
+export interface CheckpointSize {
+  /** Bytes of tensor data as stored (bf16: 2 per parameter). */
+  readonly storedBytes: number;
+  /** 4 × parameters. */
+  readonly float32Bytes: number;
+}
+
+const gb = (n: number) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
+
+/**
+ * The automatic residency choice.
+ *
+ * simd kernels: `resident` when the stored bytes fit in RESIDENT_SHARE of free memory, else
+ * `stream`. tfjs kernels: `eager` when every float32 weight fits in half the free memory
+ * (loading briefly holds a second copy of a tensor, and the forward needs room for
+ * activations) and, on wasm, in its 32-bit heap; otherwise `stream`.
+ *
+ * @param freeBytes `os.freemem()` (Linux: MemAvailable)
+ */
+export function chooseResidency(size: CheckpointSize, freeBytes: number, backend: string, kernels: KernelsName = 'simd'):
+  { weights: Residency; reason: string } {
+  if (kernels === 'simd') {
+    const stored = `stored weights ${gb(size.storedBytes)}`;
+    if (size.storedBytes > RESIDENT_SHARE * freeBytes) {
+      return { weights: 'stream', reason: `${stored} exceed ${RESIDENT_SHARE * 100}% of the ${gb(freeBytes)} free memory` };
+    }
+    return { weights: 'resident', reason: `${stored} fit in the ${gb(freeBytes)} free memory` };
+  }
+  const size32 = `float32 weights ${gb(size.float32Bytes)}`;
+  if (backend === 'wasm' && size.float32Bytes > WASM_EAGER_LIMIT) {
+    return { weights: 'stream', reason: `${size32} exceed the ${gb(WASM_EAGER_LIMIT)} the wasm heap can hold` };
+  }
+  if (size.float32Bytes > freeBytes / 2) {
+    return { weights: 'stream', reason: `${size32} exceed half of the ${gb(freeBytes)} free memory` };
+  }
+  return { weights: 'eager', reason: `${size32} fit in half of the ${gb(freeBytes)} free memory` };
+}
+
+/**
+ * Why an explicitly asked-for mode cannot work here, before a byte is loaded: null when
+ * it can. Names the size needed and a mode that fits.
+ */
+export function residencyProblem(weights: Residency, size: CheckpointSize, freeBytes: number, backend: string): string | null {
+  const fits = chooseResidency(size, freeBytes, backend, 'simd').weights === 'resident' ? 'resident' : 'stream';
+  if (weights === 'eager' && backend === 'wasm' && size.float32Bytes > WASM_EAGER_LIMIT) {
+    return `--weights eager needs ${gb(size.float32Bytes)} of float32 weights in the wasm heap, which holds ${gb(WASM_EAGER_LIMIT)} of them; ` +
+      `use --weights ${fits} (${fits === 'resident' ? `${gb(size.storedBytes)} at stored width` : 'a layer at a time'})`;
+  }
+  if (weights === 'eager' && size.float32Bytes > freeBytes) {
+    return `--weights eager needs ${gb(size.float32Bytes)} of float32 weights, more than the ${gb(freeBytes)} free memory; ` +
+      `use --weights ${fits} (${fits === 'resident' ? `${gb(size.storedBytes)} at stored width` : 'a layer at a time'})`;
+  }
+  if (weights === 'resident' && size.storedBytes > freeBytes) {
+    return `--weights resident needs ${gb(size.storedBytes)} for the stored weights, more than the ${gb(freeBytes)} free memory; use --weights stream`;
+  }
+  return null;
+}

@@ -1,0 +1,119 @@
+/**
+ * The wasm SIMD kernels against a float64 reference on the same stored values, at shapes
+ * that exercise every path: row groups of 4 and leftover rows, 8-blocks and K mod 8 tails,
+ * token pairs and an odd token, several token blocks, and the f16 special values.
+ */
+import { describe, expect, it } from 'vitest';
+import { WeightMemory } from '../src/kernels/simd/arena.js';
+import { matmul, DTYPE_BYTES, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
+import { halfToFloat } from '../src/io/safetensors.js';
+
+/** Deterministic values in [-1, 1). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  };
+}
+
+/** Stores random weights in `dtype`; returns the matrix and the exact float values stored. */
+function store(mem: WeightMemory, rows: number, cols: number, dtype: WeightDType, seed: number, special: number[] = []) {
+  const rand = rng(seed);
+  const a = mem.alloc(rows * cols * DTYPE_BYTES[dtype]);
+  const values = new Float64Array(rows * cols);
+  const buf = a.arena.bytes(a.ptr, rows * cols * DTYPE_BYTES[dtype]);
+  const u16 = new Uint16Array(buf.buffer, buf.byteOffset, rows * cols);
+  const f32 = new Float32Array(buf.buffer, buf.byteOffset, dtype === 'f32' ? rows * cols : 0);
+  const scratch = new Float32Array(1);
+  const bits = new Uint32Array(scratch.buffer);
+  for (let i = 0; i < rows * cols; i++) {
+    if (dtype === 'f32') {
+      f32[i] = rand();
+      values[i] = f32[i]!;
+    } else if (dtype === 'bf16') {
+      scratch[0] = rand();
+      u16[i] = bits[0]! >>> 16;
+      bits[0] = u16[i]! << 16;
+      values[i] = scratch[0]!;
+    } else {
+      const h = special.length > 0 && i < special.length ? special[i]! : Math.floor(((rand() + 1) / 2) * 0x3bff) | (rand() < 0 ? 0x8000 : 0);
+      u16[i] = h;
+      values[i] = halfToFloat(h);
+    }
+  }
+  return { m: { ...a, rows, cols, dtype } as StoredMatrix, values };
+}
+
+function reference(values: Float64Array, rows: number, cols: number, x: Float32Array, T: number): Float64Array {
+  const y = new Float64Array(T * rows);
+  for (let t = 0; t < T; t++) {
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      for (let k = 0; k < cols; k++) s += values[r * cols + k]! * x[t * cols + k]!;
+      y[t * rows + r] = s;
+    }
+  }
+  return y;
+}
+
+function maxErr(got: Float32Array, want: Float64Array): number {
+  let e = 0;
+  for (let i = 0; i < want.length; i++) e = Math.max(e, Math.abs(got[i]! - want[i]!));
+  return e;
+}
+
+const SHAPES: Array<[rows: number, cols: number, tokens: number]> = [
+  [1, 1, 1], [3, 7, 1], [4, 8, 1], [5, 9, 2], [13, 24, 3], [64, 72, 5], [37, 515, 1], [37, 515, 17],
+  [8, 4096, 2], [130, 300, 64], [6, 20000, 9],
+];
+
+describe.each(['bf16', 'f16', 'f32'] as const)('%s kernels', (dtype) => {
+  it.each(SHAPES)('[%i × %i] weights × %i tokens match a float64 reference', (rows, cols, T) => {
+    const mem = new WeightMemory();
+    const { m, values } = store(mem, rows, cols, dtype, rows * 7919 + cols * 31 + T);
+    const rand = rng(cols);
+    const x = Float32Array.from({ length: T * cols }, rand);
+    const y = matmul(x, T, m);
+    // float32 accumulation of `cols` products of size ≤ 1: error grows like cols · 2^-24.
+    expect(maxErr(y, reference(values, rows, cols, x, T))).toBeLessThan(cols * 2 ** -22 + 1e-6);
+  });
+});
+
+describe('f16 special values', () => {
+  it('widens subnormals, zeros, infinities and NaN exactly', () => {
+    const mem = new WeightMemory();
+    const special = [0x0001, 0x03ff, 0x8001, 0x0000, 0x8000, 0x7bff, 0xfbff, 0x0400, 0x7c00, 0xfc00, 0x7e00];
+    for (let i = 0; i < special.length; i++) {
+      // one stored special value per row, multiplied by x = e_k picks it out exactly
+      const { m, values } = store(mem, special.length, 16, 'f16', 1, []);
+      const buf = new Uint16Array(m.arena.memory.buffer, m.ptr, special.length * 16);
+      buf.fill(0);
+      special.forEach((h, r) => { buf[r * 16 + (i % 16)] = h; });
+      const x = new Float32Array(16);
+      x[i % 16] = 1;
+      const y = matmul(x, 1, m);
+      const y2 = matmul(Float32Array.from([...x, ...x]), 2, m);
+      special.forEach((h, r) => {
+        const want = halfToFloat(h);
+        for (const got of [y[r]!, y2[r]!, y2[special.length + r]!]) {
+          if (Number.isNaN(want)) expect(got).toBeNaN();
+          else expect(got + 0).toBe(want + 0); // a sum with +0 terms loses the sign of zero
+        }
+      });
+      void values;
+    }
+  });
+});
+
+describe('WeightMemory', () => {
+  it('opens a new 4 GiB arena only when the current one is full', () => {
+    const mem = new WeightMemory();
+    const a = mem.alloc(1000);
+    const b = mem.alloc(1000);
+    expect(b.arena).toBe(a.arena);
+    expect(b.ptr).toBeGreaterThanOrEqual(a.ptr + 1000);
+    expect(b.ptr % 64).toBe(0);
+    expect(() => mem.alloc(5 * 2 ** 30)).toThrow(/does not fit in a 4 GiB wasm memory/);
+  });
+});
