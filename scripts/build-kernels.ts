@@ -58,9 +58,9 @@ function gemv(d: DType): string {
   const rows = [0, 1, 2, 3];
   const accs = rows.flatMap((r) => [`$e${r}`, `$o${r}`]);
   return `
-  (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32)
-    (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32)
-    (local $v v128) (local $a v128) (local $b v128) (local $xe v128) (local $xo v128)
+  (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32) (result i32)
+    (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32) (local $ahead i32) (local $step i32)
+    (local $v v128) (local $a v128) (local $b v128) (local $xe v128) (local $xo v128) (local $touch v128)
     ${accs.map((a) => `(local ${a} v128)`).join(' ')}
     (local $s0 f32) (local $s1 f32) (local $s2 f32) (local $s3 f32)
     (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
@@ -70,10 +70,22 @@ function gemv(d: DType): string {
       (br_if $done4 (i32.gt_u (i32.add (local.get $r) (i32.const 4)) (local.get $r1)))
       ${accs.map((a) => `(local.set ${a} (v128.const i32x4 0 0 0 0))`).join(' ')}
       (local.set $p (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb))))
+      ;; Touch-ahead for rows shorter than a page: the hardware prefetcher stops at 4 KiB pages
+      ;; and restarts its streams on each new one, which starves short rows (K = 512 bf16:
+      ;; a new page every 4-row pass, 5 GB/s). A load per iteration, a cache line apart, walks
+      ;; the next pass's bytes while this pass computes (12-15 GB/s). Long rows stream well
+      ;; and lose half their speed to the extra misses, so there the touch stays on this
+      ;; pass's first line (an L1 hit); so does the last pass, so nothing past the end is read.
+      (local.set $ahead (select (i32.add (local.get $p) (i32.shl (local.get $rb) (i32.const 2))) (local.get $p)
+        (i32.and (i32.lt_u (local.get $rb) (i32.const 4096))
+          (i32.le_u (i32.add (local.get $r) (i32.const 8)) (local.get $r1)))))
+      (local.set $step (select (i32.const ${32 * s}) (i32.const 0) (i32.ne (local.get $ahead) (local.get $p))))
       (local.set $xp (local.get $x))
       (local.set $k (i32.const 0))
       (block $kd (loop $kl
         (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
+        ${Array.from({ length: s / 2 }, (_, i) => `(local.set $touch (v128.or (local.get $touch) (v128.load offset=${64 * i} (local.get $ahead))))`).join(' ')}
+        (local.set $ahead (i32.add (local.get $ahead) (local.get $step)))
         (local.set $xe (v128.load (local.get $xp)))
         (local.set $xo (v128.load offset=16 (local.get $xp)))
         ${rows.map((r) => `${load8(d, `(i32.add (local.get $p) (i32.mul (local.get $rb) (i32.const ${r})))`, '$a', '$b')}
@@ -122,6 +134,8 @@ function gemv(d: DType): string {
       (f32.store (i32.add (local.get $y) (i32.shl (local.get $r) (i32.const 2))) (local.get $s0))
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $rows1)))
+    ;; returned so the touch loads are not dead code
+    (i32x4.extract_lane 0 (local.get $touch))
   )`;
 }
 
@@ -320,6 +334,126 @@ const HALF = `
     (f32x4.extract_lane 0 (call $half4 (i32x4.splat (local.get $h))))
   )`;
 
+
+/**
+ * exp(x) for x ≤ 0 in float64 (softmax terms after subtracting the running max): x = n·ln2 + r,
+ * |r| ≤ ln2/2, e^r by its Taylor series to r^9 (relative error < 1e-11), times 2^n built
+ * from the exponent bits. Below −745 the result is 0.
+ */
+const EXP = `
+  (func $exp (param $x f64) (result f64)
+    (local $n f64) (local $r f64) (local $p f64)
+    (if (f64.ne (local.get $x) (local.get $x)) (then (return (local.get $x)))) ;; NaN in, NaN out (no trapping conversion)
+    (if (f64.lt (local.get $x) (f64.const -745)) (then (return (f64.const 0))))
+    (local.set $n (f64.nearest (f64.mul (local.get $x) (f64.const 1.4426950408889634))))
+    (local.set $r (f64.sub (f64.sub (local.get $x) (f64.mul (local.get $n) (f64.const 0.6931471803691238)))
+      (f64.mul (local.get $n) (f64.const 1.9082149292705877e-10))))
+    (local.set $p (f64.const 2.7557319223985893e-6))
+    ${[2.48015873015873e-5, 1.984126984126984e-4, 1.388888888888889e-3, 8.333333333333333e-3, 4.1666666666666664e-2, 0.16666666666666666, 0.5, 1, 1]
+      .map((c) => `(local.set $p (f64.add (f64.mul (local.get $p) (local.get $r)) (f64.const ${c})))`).join('\n    ')}
+    ;; 2^n: n ≥ −1075 here; subnormal scales come out as 0, which is what softmax wants
+    (if (f64.lt (local.get $n) (f64.const -1022)) (then (return (f64.const 0))))
+    (f64.mul (local.get $p) (f64.reinterpret_i64 (i64.shl (i64.add (i64.trunc_f64_s (local.get $n)) (i64.const 1023)) (i64.const 52))))
+  )`;
+
+/**
+ * Causal sliding-window attention with grouped-query heads, one query at a time, in one
+ * pass over the keys (online softmax: a running max and sum, the output rescaled when the
+ * max grows), so no [tokens, keys] score matrix exists.
+ *
+ * q, z: [T, H, D] f32; k, v: [KV, S, D] f32; qpos [T] and kpos [S] i32 absolute positions
+ * (kpos < 0: an empty slot). Query t, head h sees key j of kv head h / (H / KV) iff
+ * 0 ≤ kpos[j] ≤ qpos[t] and (window = 0 or kpos[j] > qpos[t] − window). Heads [h0, h1) only
+ * (a thread's share). D must be a multiple of 4.
+ */
+const ATTEND = `
+  (func $attend (export "attend") (param $q i32) (param $k i32) (param $v i32) (param $z i32) (param $qpos i32) (param $kpos i32)
+      (param $T i32) (param $S i32) (param $H i32) (param $KV i32) (param $D i32) (param $window i32) (param $sqrtD f32)
+      (param $h0 i32) (param $h1 i32)
+    (local $t i32) (local $h i32) (local $j i32) (local $d i32) (local $qp i32) (local $kp i32) (local $group i32)
+    (local $qrow i32) (local $zrow i32) (local $kh i32) (local $vh i32) (local $krow i32) (local $vrow i32) (local $Db i32)
+    (local $acc v128) (local $s f64) (local $m f64) (local $l f64) (local $e f64) (local $c f64) (local $ev v128) (local $cv v128)
+    (local.set $group (i32.div_u (local.get $H) (local.get $KV)))
+    (local.set $Db (i32.shl (local.get $D) (i32.const 2)))
+    (block $td (loop $tl
+      (br_if $td (i32.ge_u (local.get $t) (local.get $T)))
+      (local.set $qp (i32.load (i32.add (local.get $qpos) (i32.shl (local.get $t) (i32.const 2)))))
+      (local.set $h (local.get $h0))
+      (block $hd (loop $hl
+        (br_if $hd (i32.ge_u (local.get $h) (local.get $h1)))
+        (local.set $qrow (i32.add (local.get $q) (i32.mul (i32.add (i32.mul (local.get $t) (local.get $H)) (local.get $h)) (local.get $Db))))
+        (local.set $zrow (i32.add (local.get $z) (i32.sub (local.get $qrow) (local.get $q))))
+        (local.set $kh (i32.add (local.get $k) (i32.mul (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $S)) (local.get $Db))))
+        (local.set $vh (i32.add (local.get $v) (i32.sub (local.get $kh) (local.get $k))))
+        ;; z row = 0, running max −∞, running sum 0
+        (local.set $d (i32.const 0))
+        (block $zd (loop $zl
+          (br_if $zd (i32.ge_u (local.get $d) (local.get $Db)))
+          (v128.store (i32.add (local.get $zrow) (local.get $d)) (v128.const i32x4 0 0 0 0))
+          (local.set $d (i32.add (local.get $d) (i32.const 16)))
+          (br $zl)))
+        (local.set $m (f64.const -inf))
+        (local.set $l (f64.const 0))
+        (local.set $j (i32.const 0))
+        (block $jd (loop $jl
+          (br_if $jd (i32.ge_u (local.get $j) (local.get $S)))
+          (local.set $kp (i32.load (i32.add (local.get $kpos) (i32.shl (local.get $j) (i32.const 2)))))
+          (if (i32.and (i32.and (i32.ge_s (local.get $kp) (i32.const 0)) (i32.le_s (local.get $kp) (local.get $qp)))
+                (i32.or (i32.eqz (local.get $window)) (i32.gt_s (local.get $kp) (i32.sub (local.get $qp) (local.get $window)))))
+            (then
+              (local.set $krow (i32.add (local.get $kh) (i32.mul (local.get $j) (local.get $Db))))
+              (local.set $vrow (i32.add (local.get $vh) (i32.mul (local.get $j) (local.get $Db))))
+              ;; s = q · k / √D (divided, as the reference path divides)
+              (local.set $acc (v128.const i32x4 0 0 0 0))
+              (local.set $d (i32.const 0))
+              (block $dd (loop $dl
+                (br_if $dd (i32.ge_u (local.get $d) (local.get $Db)))
+                (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+                  (v128.load (i32.add (local.get $qrow) (local.get $d))) (v128.load (i32.add (local.get $krow) (local.get $d))))))
+                (local.set $d (i32.add (local.get $d) (i32.const 16)))
+                (br $dl)))
+              (local.set $s (f64.promote_f32 (f32.div ${hsum('(local.get $acc)')} (local.get $sqrtD))))
+              ;; a new max rescales what was summed so far
+              (if (f64.gt (local.get $s) (local.get $m)) (then
+                (local.set $c (call $exp (f64.sub (local.get $m) (local.get $s))))
+                (local.set $l (f64.mul (local.get $l) (local.get $c)))
+                (local.set $cv (f32x4.splat (f32.demote_f64 (local.get $c))))
+                (local.set $d (i32.const 0))
+                (block $cd (loop $cl
+                  (br_if $cd (i32.ge_u (local.get $d) (local.get $Db)))
+                  (v128.store (i32.add (local.get $zrow) (local.get $d))
+                    (f32x4.mul (v128.load (i32.add (local.get $zrow) (local.get $d))) (local.get $cv)))
+                  (local.set $d (i32.add (local.get $d) (i32.const 16)))
+                  (br $cl)))
+                (local.set $m (local.get $s))))
+              (local.set $e (call $exp (f64.sub (local.get $s) (local.get $m))))
+              (local.set $l (f64.add (local.get $l) (local.get $e)))
+              (local.set $ev (f32x4.splat (f32.demote_f64 (local.get $e))))
+              (local.set $d (i32.const 0))
+              (block $vd (loop $vl
+                (br_if $vd (i32.ge_u (local.get $d) (local.get $Db)))
+                (v128.store (i32.add (local.get $zrow) (local.get $d))
+                  (f32x4.add (v128.load (i32.add (local.get $zrow) (local.get $d)))
+                    (f32x4.mul (v128.load (i32.add (local.get $vrow) (local.get $d))) (local.get $ev))))
+                (local.set $d (i32.add (local.get $d) (i32.const 16)))
+                (br $vl)))))
+          (local.set $j (i32.add (local.get $j) (i32.const 1)))
+          (br $jl)))
+        ;; z = z / l
+        (local.set $cv (f32x4.splat (f32.demote_f64 (f64.div (f64.const 1) (local.get $l)))))
+        (local.set $d (i32.const 0))
+        (block $nd (loop $nl
+          (br_if $nd (i32.ge_u (local.get $d) (local.get $Db)))
+          (v128.store (i32.add (local.get $zrow) (local.get $d))
+            (f32x4.mul (v128.load (i32.add (local.get $zrow) (local.get $d))) (local.get $cv)))
+          (local.set $d (i32.add (local.get $d) (i32.const 16)))
+          (br $nl)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hl)))
+      (local.set $t (i32.add (local.get $t) (i32.const 1)))
+      (br $tl)))
+  )`;
+
 /** Reads `n` bytes (a multiple of 64) and folds them into one value: the bandwidth probe. */
 const READ = `
   (func $read (export "read") (param $p i32) (param $n i32) (result i32)
@@ -342,6 +476,8 @@ function kernelsWat(): string {
   ${HALF}
   ${TILE}
   ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
+  ${EXP}
+  ${ATTEND}
   ${READ}
 )`;
 }

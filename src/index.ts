@@ -16,7 +16,8 @@ export * from './io/errors.js';
 export * from './io/reference.js';
 export * from './io/safetensors.js';
 export * from './kernels/backend.js';
-export { linear, makeLinear, type Linear } from './kernels/linear.js';
+export { KERNELS, linear, makeLinear, type KernelsName, type Linear, type StoredLinear, type TensorLinear } from './kernels/linear.js';
+export { defaultThreads, getThreads, MAX_THREADS, setThreads, closeKernelPool } from './kernels/simd/pool.js';
 export * from './tokenizer/index.js';
 
 // floor 2: the model
@@ -28,7 +29,7 @@ export { canAttend, maskBias } from './model/mask.js';
 export { routeToken, type Routing } from './model/moe.js';
 export * from './model/transformer.js';
 export { nativeName } from './model/layout.js';
-export { type Residency } from './model/residency.js';
+export { chooseResidency, residencyProblem, type CheckpointSize, type Residency } from './model/residency.js';
 export { expectedTensors } from './model/schema.js';
 
 // floor 3: generation and stepping through layers

@@ -4,6 +4,7 @@ import { openCheckpoint } from '../io/checkpoint.js';
 import { useBackend, type BackendName } from '../kernels/backend.js';
 import { Transformer } from '../model/transformer.js';
 import { KERNELS, type KernelsName } from '../kernels/linear.js';
+import { defaultThreads, MAX_THREADS, setThreads } from '../kernels/simd/pool.js';
 import { chooseResidency, residencyProblem, type CheckpointSize, type Residency } from '../model/residency.js';
 import { randomSeed } from '../generate/index.js';
 import { findTokenizerFile } from '../tokenizer/index.js';
@@ -17,6 +18,7 @@ export const MODEL_OPTIONS = {
   backend: { type: 'string' },
   weights: { type: 'string' },
   kernels: { type: 'string' },
+  threads: { type: 'string' },
 } as const;
 
 export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (config.json + model.safetensors, or sharded
@@ -30,7 +32,8 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
                          forward reaches it, then freed)
   --kernels NAME         simd (default with auto/resident: the project's wasm SIMD kernels over
                          stored-width weights) or tfjs (tfjs ops over float32 tensors, the
-                         reference path; the default with --weights eager|stream)`;
+                         reference path; the default with --weights eager|stream)
+  --threads N            threads for the simd kernels (default: every core, here ${defaultThreads()})`;
 
 /**
  * Selects the backend, then loads the model named by --model with the residency --weights
@@ -50,6 +53,7 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
   if (kernels === 'simd' && (mode === 'eager' || mode === 'stream')) {
     throw new UsageError(`--weights ${mode} holds float32 tfjs tensors, multiplied by --kernels tfjs; the simd kernels use --weights resident`);
   }
+  setThreads(number(values.threads as string | undefined, '--threads', defaultThreads(), { min: 1, max: MAX_THREADS, integer: true }));
   const size = checkpointSize(dir);
   const free = os.freemem();
   let weights: Residency;

@@ -68,10 +68,15 @@ export function argmax(logits: ArrayLike<number>): number {
 
 /** log softmax(logits)[id], the model's own log-probability of `id` (temperature 1, no filtering). */
 export function logProbability(logits: ArrayLike<number>, id: number): number {
+  // Called for every generated token over the whole vocabulary: plain loops, no Math.max calls.
+  const n = logits.length;
   let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]!);
+  for (let i = 0; i < n; i++) {
+    const v = logits[i]!;
+    if (v > max || Number.isNaN(v)) max = v;
+  }
   let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  for (let i = 0; i < n; i++) sum += Math.exp(logits[i]! - max);
   return logits[id]! - max - Math.log(sum);
 }
 

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { linear, type Linear } from '../kernels/linear.js';
+import { fusedAttention } from '../kernels/simd/attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
 import type { HookScope } from './hooks.js';
@@ -41,6 +42,23 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   // Heads first for the matrix products.
   const newK = tf.transpose(kRot, [1, 0, 2]) as tf.Tensor3D; // [kvHeads, tokens, headDim]
   const newV = tf.transpose(v, [1, 0, 2]) as tf.Tensor3D;
+
+  // With the simd kernels, one fused kernel does scores, mask, softmax and mixing, unless a
+  // hook asks for the scores or the pattern, which only the composite path below forms.
+  if (fusedAttentionFits(w, cfg) && !hook.wants?.('attn.hook_attn_scores') && !hook.wants?.('attn.hook_pattern')) {
+    const shape = { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
+    const qData = qRot.dataSync() as Float32Array; // [tokens, heads, headDim]
+    const zData = fusedAttention(qData, positions, shape, (into) => {
+      if (cache !== null) return cache.updateInto(newK, newV, positions, into);
+      const { k: kOut, v: vOut } = into(T);
+      kOut.set(newK.dataSync());
+      vOut.set(newV.dataSync());
+      return positions;
+    });
+    const z = hook('attn.hook_z', tf.tensor3d(zData, [T, H, D]));
+    return linear(tf.reshape<tf.Rank.R2>(z, [T, H * D]), w.o);
+  }
+
   const seen = cache === null
     ? { k: newK, v: newV, positions }
     : cache.update(newK, newV, positions); // keys: [kvHeads, keys, headDim]
@@ -56,4 +74,9 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   const mixed = tf.matMul(tf.reshape(pattern, [KV, group * T, S]), seen.v); // [kvHeads, group·tokens, headDim]
   const z = hook('attn.hook_z', tf.transpose<tf.Tensor3D>(tf.reshape(mixed, [H, T, D]), [1, 0, 2])); // [tokens, heads, headDim]
   return linear(tf.reshape<tf.Rank.R2>(z, [T, H * D]), w.o);
+}
+
+/** The fused kernel serves models on the simd kernels (stored weights) whose head size it handles. */
+function fusedAttentionFits(w: AttentionWeights, cfg: ModelConfig): boolean {
+  return w.q.kind === 'stored' && cfg.headDim % 4 === 0;
 }

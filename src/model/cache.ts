@@ -48,12 +48,22 @@ export interface LayerCache {
    */
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView;
   /**
+   * `update`, with the view written into arrays the caller provides (for a kernel that
+   * works on memory of its own) instead of new tensors.
+   * @param into given the number of keys S, returns two [kvHeads, S, headDim] arrays to fill
+   * @returns the position of each of the S keys
+   */
+  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[];
+  /**
    * Bytes of the keys and values held: 2 · 4 · kvHeads · rows in use · headDim. The arrays
    * behind them may be up to twice that (capacity doubles), never more than W rows.
    */
   readonly bytes: number;
   dispose(): void;
 }
+
+/** Given S keys, where to write them: two [kvHeads, S, headDim] arrays. */
+export type ViewArrays = (keys: number) => { k: Float32Array; v: Float32Array };
 
 /** Smallest allocation, in rows (capped at W): saves reallocating at 1, 2, 4, 8 rows. */
 const MIN_ROWS = 16;
@@ -105,18 +115,25 @@ abstract class KeyValueRows {
 
   /** What the step attends to: rows 0 … rows − 1, then the step's own keys. O(rows + tokens). */
   protected view(step: NewRows, positions: readonly number[]): CacheView {
+    const { kvHeads: KV, headDim: D } = this;
+    const S = this.rows + step.tokens;
+    const { k, v } = this.viewInto(step, (n) => ({ k: new Float32Array(KV * n * D), v: new Float32Array(KV * n * D) }));
+    return { k: tf.tensor3d(k, [KV, S, D]), v: tf.tensor3d(v, [KV, S, D]), positions };
+  }
+
+  /** The view's keys and values, written into arrays from `into`. */
+  protected viewInto(step: NewRows, into: ViewArrays): { k: Float32Array; v: Float32Array } {
     const { kvHeads: KV, headDim: D, capacity: C, rows: n } = this;
     const T = step.tokens;
     const S = n + T;
-    const k = new Float32Array(KV * S * D);
-    const v = new Float32Array(KV * S * D);
+    const { k, v } = into(S);
     for (let h = 0; h < KV; h++) {
       k.set(this.keys.subarray(h * C * D, (h * C + n) * D), h * S * D);
       v.set(this.values.subarray(h * C * D, (h * C + n) * D), h * S * D);
       k.set(step.k.subarray(h * T * D, (h + 1) * T * D), (h * S + n) * D);
       v.set(step.v.subarray(h * T * D, (h + 1) * T * D), (h * S + n) * D);
     }
-    return { k: tf.tensor3d(k, [KV, S, D]), v: tf.tensor3d(v, [KV, S, D]), positions };
+    return { k, v };
   }
 
   /** Makes room for `rows` rows: doubles the capacity (at least), but never beyond `limit`. */
@@ -162,11 +179,23 @@ export class FullCache extends KeyValueRows implements LayerCache {
     const step = this.read(k, v, positions);
     const all = this.positions.concat(positions); // a new array: the view's is never changed
     const seen = this.view(step, all);
+    this.store(step, all);
+    return seen;
+  }
+
+  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
+    const step = this.read(k, v, positions);
+    const all = this.positions.concat(positions);
+    this.viewInto(step, into);
+    this.store(step, all);
+    return all;
+  }
+
+  private store(step: NewRows, all: number[]): void {
     this.reserve(this.rows + step.tokens, Infinity);
     for (let t = 0; t < step.tokens; t++) this.write(this.rows + t, step, t);
     this.rows += step.tokens;
     this.positions = all;
-    return seen;
   }
 
   override dispose(): void {
@@ -188,10 +217,23 @@ export class RollingCache extends KeyValueRows implements LayerCache {
   }
 
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
-    const W = this.window;
     const step = this.read(k, v, positions);
     // The chunk attends to the rows in use (old positions, masked by mask.ts) + its own keys.
     const seen = this.view(step, this.rowPositions.concat(positions));
+    this.store(step, positions);
+    return seen;
+  }
+
+  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
+    const step = this.read(k, v, positions);
+    const seen = this.rowPositions.concat(positions);
+    this.viewInto(step, into);
+    this.store(step, positions);
+    return seen;
+  }
+
+  private store(step: NewRows, positions: readonly number[]): void {
+    const W = this.window;
 
     // Then slot p mod W takes the chunk's newest key that maps to it (a chunk longer than W
     // maps several). Map order = first use, so new slots get rows in the order of the text.
@@ -209,7 +251,6 @@ export class RollingCache extends KeyValueRows implements LayerCache {
       this.write(row, step, t);
       this.rowPositions[row] = positions[t]!;
     }
-    return seen;
   }
 
   override dispose(): void {

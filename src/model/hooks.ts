@@ -36,9 +36,15 @@ export function hookPoint<T extends tf.Tensor>(hooks: Hooks | undefined, name: s
   return out as T;
 }
 
-/** hookPoint with a fixed prefix, e.g. `blocks.3.` */
-export type HookScope = <T extends tf.Tensor>(name: string, t: T) => T;
+/**
+ * hookPoint with a fixed prefix, e.g. `blocks.3.`; `wants(name)` says whether any hook
+ * would see `name`, so a fused kernel that never forms that tensor knows when it must not
+ * be used.
+ */
+export type HookScope = (<T extends tf.Tensor>(name: string, t: T) => T) & { readonly wants?: (name: string) => boolean };
 
 export function hookScope(hooks: Hooks | undefined, prefix: string): HookScope {
-  return (name, t) => hookPoint(hooks, prefix + name, t);
+  const scope = <T extends tf.Tensor>(name: string, t: T): T => hookPoint(hooks, prefix + name, t);
+  const wants = (name: string) => hooks !== undefined && (hooks.has('*') || hooks.has(prefix + name));
+  return Object.assign(scope, { wants });
 }

@@ -7,15 +7,20 @@
  * Memories are shared (SharedArrayBuffer), so worker threads can run the same kernels over
  * the same weights without copying them. A tensor never spans two arenas.
  */
+import * as os from 'node:os';
 import { KERNELS_WASM } from './kernels.generated.js';
 
 export interface KernelExports {
-  gemv_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number): void;
-  gemv_f16(w: number, x: number, y: number, r0: number, r1: number, K: number): void;
-  gemv_f32(w: number, x: number, y: number, r0: number, r1: number, K: number): void;
+  /** Returns a value folded from the touch-ahead loads (ignored; it keeps them alive). */
+  gemv_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
+  gemv_f16(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
+  gemv_f32(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
   gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
   gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
   gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
+  /** Fused attention over heads [h0, h1): see build-kernels.ts. */
+  attend(q: number, k: number, v: number, z: number, qpos: number, kpos: number, T: number, S: number, H: number, KV: number,
+    D: number, window: number, sqrtD: number, h0: number, h1: number): void;
   /** Folds n bytes from p into one value (the bandwidth probe). */
   read(p: number, n: number): number;
 }
@@ -54,6 +59,17 @@ export const SCRATCH_Y = 2 ** 21;
 /** Longest row the matrix-matrix kernel widens (4 rows of this many floats). */
 export const MAX_K = 2 ** 16;
 
+/** Most threads the kernels run on (control slots and scratch are sized for it). */
+export const MAX_THREADS = 64;
+
+/** Every core the process may use. */
+export function defaultThreads(): number {
+  return Math.min(MAX_THREADS, os.availableParallelism());
+}
+
+/** Bytes of one thread's widen scratch: four rows of MAX_K floats. */
+const WIDEN_BYTES = 4 * 4 * MAX_K;
+
 export class ArenaError extends Error {
   override readonly name = 'ArenaError';
 }
@@ -64,17 +80,30 @@ export class Arena {
   /** Byte offsets of the scratch regions (at the start of the memory). */
   readonly x: number;
   readonly y: number;
-  readonly widen: number;
+  /** Widen scratch of each thread (four rows of MAX_K floats each). */
+  private readonly widen: number[] = [];
   private top: number;
 
   constructor() {
-    const scratchBytes = 4 * (SCRATCH_X + SCRATCH_Y + 4 * MAX_K);
+    // Widen scratch for every core up front, so a thread pool of the default size never
+    // has to find room in a full arena.
+    const scratchBytes = 4 * (SCRATCH_X + SCRATCH_Y) + defaultThreads() * WIDEN_BYTES;
     this.memory = new wasm.Memory({ initial: Math.ceil(scratchBytes / PAGE), maximum: MAX_PAGES, shared: true });
     this.kernels = instantiate(this.memory);
     this.x = 0;
     this.y = 4 * SCRATCH_X;
-    this.widen = this.y + 4 * SCRATCH_Y;
+    for (let i = 0; i < defaultThreads(); i++) this.widen.push(this.y + 4 * SCRATCH_Y + i * WIDEN_BYTES);
     this.top = scratchBytes;
+  }
+
+  /** Byte offset of thread i's widen scratch (reserved on first use past the default count). */
+  widenScratch(i: number): number {
+    while (this.widen.length <= i) {
+      const p = this.tryAlloc(WIDEN_BYTES);
+      if (p === null) throw new ArenaError(`no room for thread ${i}'s scratch in a full 4 GiB kernel memory; use fewer threads`);
+      this.widen.push(p);
+    }
+    return this.widen[i]!;
   }
 
   /** Bytes in use (scratch included). */
@@ -121,7 +150,7 @@ export class WeightMemory {
   readonly arenas: Arena[] = [];
 
   alloc(bytes: number): Allocation {
-    if (bytes > MAX_PAGES * PAGE - 4 * (SCRATCH_X + SCRATCH_Y + 4 * MAX_K)) {
+    if (bytes > MAX_PAGES * PAGE - 4 * (SCRATCH_X + SCRATCH_Y) - defaultThreads() * WIDEN_BYTES) {
       throw new ArenaError(`one tensor of ${(bytes / 2 ** 30).toFixed(2)} GiB does not fit in a 4 GiB wasm memory`);
     }
     const last = this.arenas.at(-1);

@@ -7,6 +7,7 @@
  * and run a 4-rows × 2-tokens register tile over them.
  */
 import { Arena, SCRATCH_X, SCRATCH_Y, MAX_K, type Allocation } from './arena.js';
+import { kernelPool, runShare, type KernelJob } from './pool.js';
 
 export type WeightDType = 'bf16' | 'f16' | 'f32';
 
@@ -78,16 +79,22 @@ function matmulWide(x: Float32Array, T: number, m: StoredMatrix, out: Float32Arr
   return out;
 }
 
+/** Multiply-adds below which a product runs on the calling thread alone (a wake-up costs more). */
+let parallelThreshold = 2 ** 17;
+
+/** Sets the work (multiply-adds) from which products use the thread pool; 0 = always (tests). */
+export function setParallelThreshold(macs: number): void {
+  parallelThreshold = macs;
+}
+
 /** Rows [r0, r1) of n tokens, into y (byte offset; element (t, r) at y + 4·(t·ldy + r)). */
 function run(arena: Arena, m: StoredMatrix, x: Float32Array, n: number, r0: number, r1: number, y: number, ldy: number): void {
   const K = m.cols;
   layoutInput(x, n, K, m.dtype, arena.floats(arena.x, n * K));
-  const k = arena.kernels;
-  if (n === 1) {
-    const gemv = m.dtype === 'bf16' ? k.gemv_bf16 : m.dtype === 'f16' ? k.gemv_f16 : k.gemv_f32;
-    gemv(m.ptr, arena.x, y, r0, r1, K);
-  } else {
-    const gemm = m.dtype === 'bf16' ? k.gemm_bf16 : m.dtype === 'f16' ? k.gemm_f16 : k.gemm_f32;
-    gemm(m.ptr, arena.x, y, r0, r1, K, n, ldy, tokenBlock(K), arena.widen);
-  }
+  const job: KernelJob = n === 1
+    ? { op: 'gemv', dtype: m.dtype, w: m.ptr, x: arena.x, y, r0, r1, K }
+    : { op: 'gemm', dtype: m.dtype, w: m.ptr, x: arena.x, y, r0, r1, K, T: n, ldy, tb: tokenBlock(K) };
+  const pool = (r1 - r0) * K * n >= parallelThreshold ? kernelPool() : null;
+  if (pool !== null) pool.run(arena, job);
+  else runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
 }

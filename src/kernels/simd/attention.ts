@@ -1,0 +1,97 @@
+/**
+ * Fused attention on the simd kernels: queries, keys and values go into a workspace memory,
+ * and one kernel computes softmax(q·kᵀ/√D + mask)·v per query and head in a single pass
+ * over the keys (online softmax), without a [tokens, keys] score matrix. Same arithmetic
+ * as model/attention.ts (which stays the reference, and runs whenever a hook asks for the
+ * scores or the pattern); the mask rule is mask.ts's: 0 ≤ j ≤ i and i − W < j.
+ */
+import { instantiate, type KernelExports, type WasmMemory } from './arena.js';
+
+const PAGE = 65536;
+
+interface WasmMemoryCtor {
+  new (d: { initial: number; maximum: number; shared: true }): WasmMemory;
+}
+
+/** A growable memory with its own kernel instance, carved up afresh for every call. */
+class Workspace {
+  private memory: WasmMemory | null = null;
+  private kernels: KernelExports | null = null;
+  private top = 0;
+
+  /** Starts a call: every earlier region is free again. */
+  reset(): KernelExports {
+    if (this.memory === null) {
+      const Memory = (globalThis as unknown as { WebAssembly: { Memory: WasmMemoryCtor } }).WebAssembly.Memory;
+      this.memory = new Memory({ initial: 16, maximum: 65536, shared: true });
+      this.kernels = instantiate(this.memory);
+    }
+    this.top = 0;
+    return this.kernels!;
+  }
+
+  /** A region of `bytes` bytes (64-aligned); its byte offset. */
+  alloc(bytes: number): number {
+    const start = Math.ceil(this.top / 64) * 64;
+    this.top = start + bytes;
+    const pages = this.memory!.buffer.byteLength / PAGE;
+    const need = Math.ceil(this.top / PAGE);
+    if (need > pages) this.memory!.grow(need - pages);
+    return start;
+  }
+
+  f32(ptr: number, n: number): Float32Array {
+    return new Float32Array(this.memory!.buffer, ptr, n);
+  }
+
+  i32(ptr: number, n: number): Int32Array {
+    return new Int32Array(this.memory!.buffer, ptr, n);
+  }
+}
+
+const workspace = new Workspace();
+
+export interface AttentionShape {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  /** Sliding window W, or null for none. */
+  readonly window: number | null;
+}
+
+/** Given S keys, two [kvHeads, S, headDim] arrays to write them into. */
+export type KeyArrays = (keys: number) => { k: Float32Array; v: Float32Array };
+
+/**
+ * @param q [T, heads, headDim], after RoPE
+ * @param queryPositions absolute position of each query
+ * @param keys writes the S keys and values into the arrays `into(S)` gives it, and returns
+ *   their positions
+ * @returns z [T, heads, headDim]
+ */
+export function fusedAttention(q: Float32Array, queryPositions: readonly number[], shape: AttentionShape,
+  keys: (into: KeyArrays) => readonly number[]): Float32Array {
+  const { heads: H, kvHeads: KV, headDim: D } = shape;
+  if (D % 4 !== 0) throw new RangeError(`fused attention needs headDim a multiple of 4, got ${D}`);
+  const T = queryPositions.length;
+  const k = workspace.reset();
+  const qp = workspace.alloc(4 * T * H * D);
+  const zp = workspace.alloc(4 * T * H * D);
+  const qposp = workspace.alloc(4 * T);
+  workspace.f32(qp, T * H * D).set(q);
+  workspace.i32(qposp, T).set(queryPositions);
+  let kp = 0;
+  let vp = 0;
+  let S = -1;
+  const positions = keys((n) => {
+    S = n;
+    kp = workspace.alloc(4 * KV * S * D);
+    vp = workspace.alloc(4 * KV * S * D);
+    return { k: workspace.f32(kp, KV * S * D), v: workspace.f32(vp, KV * S * D) };
+  });
+  if (positions.length !== S) throw new RangeError(`fused attention: ${positions.length} key positions for ${S} keys`);
+  const kposp = workspace.alloc(4 * S);
+  workspace.i32(kposp, S).set(positions);
+  k.attend(qp, kp, vp, zp, qposp, kposp, T, S, H, KV, D, shape.window ?? 0, Math.sqrt(D), 0, H);
+  return workspace.f32(zp, T * H * D).slice();
+}

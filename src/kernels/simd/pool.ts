@@ -1,0 +1,264 @@
+/**
+ * Threads for the matrix kernels: a pool of `worker_threads`, each running the same wasm
+ * kernels over the same shared memories (arena.ts), each computing its own rows of every
+ * product. Rows are split in contiguous, 4-aligned ranges, so every core streams its own
+ * share of a weight, and a row's dot product is computed the same way whichever thread
+ * computes it: results do not depend on the thread count, bit for bit.
+ *
+ * Dispatch is synchronous (Atomics, no promises), so `linear()` stays an ordinary function
+ * call: the calling thread writes the job into a shared control block, wakes the workers,
+ * computes share 0 itself, and waits until every worker has counted itself done. The cost
+ * per product is one wake-up (tens of µs), small against a layer's work (bench/speed.ts
+ * measures it).
+ *
+ * Workers are unref'd: an idle pool never keeps the process alive, and they end with it.
+ */
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { defaultThreads, kernelModule, MAX_THREADS, type Arena, type KernelExports, type WasmMemory } from './arena.js';
+
+export { defaultThreads, MAX_THREADS };
+
+/** Control block slots (Int32). */
+const GEN = 0; // job generation: bumped to wake the workers
+const DONE = 1; // workers finished with this generation
+const OP = 2; // 0 gemv, 1 gemm, 2 stop
+const ARENA = 3;
+const DTYPE = 4; // 0 bf16, 1 f16, 2 f32
+const W = 5;
+const X = 6;
+const Y = 7;
+const K = 8;
+const T = 9;
+const LDY = 10;
+const TB = 11;
+const PARTS = 12; // participants: workers + the caller
+const FAILED = 13;
+const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
+const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
+const SLOTS = SCRATCH + 64;
+
+export const OPS = { gemv: 0, gemm: 1, stop: 2 } as const;
+
+/** How long an idle thread spins before it sleeps (ms): wake-ups cost more than decode's gaps. */
+const SPIN_MS = 0.5;
+export const DTYPE_CODES = { bf16: 0, f16: 1, f32: 2 } as const;
+
+
+export class PoolError extends Error {
+  override readonly name = 'PoolError';
+}
+
+/**
+ * The worker's whole program, as plain JavaScript (a worker started from source text runs
+ * the same under tsx, vitest and the built package).
+ */
+const WORKER_SOURCE = `
+const { workerData, receiveMessageOnPort } = require('node:worker_threads');
+const { control, module, index, port } = workerData;
+const c = new Int32Array(control);
+const arenas = [];
+const names = ['bf16', 'f16', 'f32'];
+let seen = 0;
+for (;;) {
+  // Spin a little before sleeping: during decode the next product comes within tens of
+  // microseconds, sooner than a sleeping thread wakes.
+  const until = performance.now() + ${SPIN_MS};
+  while (Atomics.load(c, ${GEN}) === seen && performance.now() < until);
+  Atomics.wait(c, ${GEN}, seen);
+  seen = Atomics.load(c, ${GEN});
+  if (c[${OP}] === ${OPS.stop}) break;
+  try {
+    while (arenas.length <= c[${ARENA}]) {
+      const m = receiveMessageOnPort(port);
+      if (m === undefined) throw new Error('kernel memory ' + c[${ARENA}] + ' was never sent to this worker');
+      arenas.push(new WebAssembly.Instance(module, { env: { memory: m.message } }).exports);
+    }
+    const parts = c[${PARTS}];
+    if (index < parts) {
+      const k = arenas[c[${ARENA}]];
+      const r0 = c[${ROWS} + 2 * index], r1 = c[${ROWS} + 2 * index + 1];
+      if (r1 > r0) {
+        const d = names[c[${DTYPE}]];
+        if (c[${OP}] === ${OPS.gemv}) k['gemv_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}]);
+        else k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index]);
+      }
+    }
+  } catch (e) {
+    Atomics.store(c, ${FAILED}, 1);
+    console.error('mistral-ref kernel worker ' + index + ': ' + (e && e.message));
+  }
+  Atomics.add(c, ${DONE}, 1);
+  Atomics.notify(c, ${DONE});
+}
+`;
+
+/** Rows [r0, r1) split in `parts` contiguous ranges aligned to 4 rows: range `i`. */
+export function share(r0: number, r1: number, parts: number, i: number): [number, number] {
+  const groups = Math.ceil((r1 - r0) / 4);
+  const a = r0 + 4 * Math.floor((groups * i) / parts);
+  const b = r0 + 4 * Math.floor((groups * (i + 1)) / parts);
+  return [Math.min(a, r1), Math.min(b, r1)];
+}
+
+interface PoolWorker {
+  readonly worker: Worker;
+  readonly port: MessagePort;
+  /** Memories already sent to it (their count: arenas are numbered in order). */
+  sent: number;
+}
+
+export interface KernelJob {
+  readonly op: 'gemv' | 'gemm';
+  readonly dtype: keyof typeof DTYPE_CODES;
+  readonly w: number;
+  readonly x: number;
+  readonly y: number;
+  readonly r0: number;
+  readonly r1: number;
+  readonly K: number;
+  /** gemm only. */
+  readonly T?: number;
+  readonly ldy?: number;
+  readonly tb?: number;
+}
+
+/** Memories the pool has seen, numbered in order: a worker instantiates each once. */
+const memories: WasmMemory[] = [];
+
+function memoryId(m: WasmMemory): number {
+  let id = memories.indexOf(m);
+  if (id < 0) id = memories.push(m) - 1;
+  return id;
+}
+
+export class KernelPool {
+  private readonly control = new Int32Array(new SharedArrayBuffer(4 * SLOTS));
+  private readonly workers: PoolWorker[] = [];
+  private closed = false;
+
+  /** @param threads participants including the calling thread (≥ 1) */
+  constructor(readonly threads: number) {
+    if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
+      throw new PoolError(`threads must be an integer from 1 to ${MAX_THREADS}, got ${threads}`);
+    }
+    const module = kernelModule();
+    for (let i = 1; i < threads; i++) {
+      const { port1, port2 } = new MessageChannel();
+      const worker = new Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: { control: this.control.buffer, module, index: i, port: port2 },
+        transferList: [port2],
+      });
+      worker.unref();
+      port1.unref();
+      worker.on('error', () => { Atomics.store(this.control, FAILED, 1); });
+      this.workers.push({ worker, port: port1, sent: 0 });
+    }
+  }
+
+  /**
+   * Runs one product over rows [r0, r1) of `arena`'s memory on every thread; returns when
+   * all rows are written. The caller computes share 0 with `own`.
+   */
+  run(arena: Arena, job: KernelJob): void {
+    if (this.closed) throw new PoolError('the kernel thread pool is closed');
+    const c = this.control;
+    const id = memoryId(arena.memory);
+    for (const w of this.workers) {
+      while (w.sent <= id) w.port.postMessage(memories[w.sent++]);
+    }
+    // Fewer participants than threads when there are few rows: a thread per 4-row group at most.
+    const parts = Math.min(this.threads, Math.ceil((job.r1 - job.r0) / 4));
+    c[OP] = OPS[job.op];
+    c[ARENA] = id;
+    c[DTYPE] = DTYPE_CODES[job.dtype];
+    c[W] = job.w; c[X] = job.x; c[Y] = job.y; c[K] = job.K;
+    c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0;
+    c[PARTS] = parts;
+    for (let i = 0; i < parts; i++) {
+      [c[ROWS + 2 * i], c[ROWS + 2 * i + 1]] = share(job.r0, job.r1, parts, i);
+      c[SCRATCH + i] = arena.widenScratch(i);
+    }
+    Atomics.store(c, DONE, 0);
+    Atomics.add(c, GEN, 1);
+    Atomics.notify(c, GEN);
+
+    const [r0, r1] = share(job.r0, job.r1, parts, 0);
+    if (r1 > r0) runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
+
+    const others = this.workers.length;
+    const until = performance.now() + SPIN_MS;
+    while (Atomics.load(c, DONE) < others && performance.now() < until);
+    for (;;) {
+      const done = Atomics.load(c, DONE);
+      if (done >= others) break;
+      if (Atomics.wait(c, DONE, done, 10_000) === 'timed-out' && Atomics.load(c, DONE) === done) {
+        this.close();
+        throw new PoolError('a kernel worker stopped answering (10 s); the thread pool is closed');
+      }
+    }
+    if (Atomics.load(c, FAILED) !== 0) {
+      this.close();
+      throw new PoolError('a kernel worker failed (see the line above); the thread pool is closed');
+    }
+  }
+
+  /** Stops the workers (they also end with the process). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.control[OP] = OPS.stop;
+    Atomics.add(this.control, GEN, 1);
+    Atomics.notify(this.control, GEN);
+    for (const w of this.workers) {
+      w.port.close();
+      void w.worker.terminate();
+    }
+  }
+}
+
+/** One thread's rows of a product, on this thread. */
+export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: number, scratch: number): void {
+  if (job.op === 'gemv') {
+    const f = job.dtype === 'bf16' ? k.gemv_bf16 : job.dtype === 'f16' ? k.gemv_f16 : k.gemv_f32;
+    f(job.w, job.x, job.y, r0, r1, job.K);
+  } else {
+    const f = job.dtype === 'bf16' ? k.gemm_bf16 : job.dtype === 'f16' ? k.gemm_f16 : k.gemm_f32;
+    f(job.w, job.x, job.y, r0, r1, job.K, job.T!, job.ldy!, job.tb!, scratch);
+  }
+}
+
+let pool: KernelPool | null = null;
+let wanted = defaultThreads();
+
+/**
+ * Sets how many threads the kernels use (the calling thread included); 1 = no workers.
+ * The pool starts on first use and is replaced when the count changes.
+ */
+export function setThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
+    throw new PoolError(`threads must be an integer from 1 to ${MAX_THREADS}, got ${n}`);
+  }
+  if (n !== wanted) {
+    pool?.close();
+    pool = null;
+  }
+  wanted = n;
+}
+
+export function getThreads(): number {
+  return wanted;
+}
+
+/** The pool for the current thread count, or null for one thread. */
+export function kernelPool(): KernelPool | null {
+  if (wanted === 1) return null;
+  if (pool === null || pool.threads !== wanted) pool = new KernelPool(wanted);
+  return pool;
+}
+
+/** Stops the pool's workers now (tests; the process exits without it). */
+export function closeKernelPool(): void {
+  pool?.close();
+  pool = null;
+}
