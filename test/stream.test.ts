@@ -81,9 +81,9 @@ describe('stream residency', () => {
     }
   });
 
-  it('holds one Mixtral expert at a time, however many the tokens choose', async () => {
+  it('holds one Mixtral expert at a time with no expert cache, however many the tokens choose', async () => {
     await useBackend('cpu');
-    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream' });
+    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 0 });
     try {
       let resident = -1;
       const hooks = new Map<string, HookFn>([['blocks.0.hook_mlp_out', () => { resident = m.weights.residentBytes; }]]);
@@ -96,6 +96,42 @@ describe('stream residency', () => {
       expect(resident).toBe(4 * (4096 + 2048 + 2048 + 4096 + 128 + 256 + 3 * 128 * 64));
     } finally {
       m.dispose();
+    }
+  });
+
+  it('keeps recently used experts within the cache budget, least recently used out, with the same results', async () => {
+    await useBackend('cpu');
+    const ids = [3, 14, 15, 92, 65, 35, 89, 79, 323, 84];
+    const expertBytes = 4 * 3 * 128 * 64; // mixtral-tiny: w1, w3 [128, 64], w2 [64, 128], float32
+    const none = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 0 });
+    const some = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 3 * expertBytes });
+    const all = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 1e9 });
+    try {
+      const logits = [none, some, all].map((m) => {
+        const out: Float32Array[] = [];
+        for (let rep = 0; rep < 2; rep++) {
+          const r = m.forward(ids);
+          out.push(r.logits.dataSync() as Float32Array);
+          disposeResult(r);
+          expect(m.weights.expertCache.heldBytes).toBeLessThanOrEqual(Math.max(expertBytes, m.weights.expertCache.budgetBytes));
+        }
+        return out;
+      });
+      for (const l of logits.flat()) expect(bits(tf.tensor(l))).toEqual(bits(tf.tensor(logits[0]![0]!)));
+
+      const layers = none.config.numLayers;
+      const used = none.weights.expertCache.misses / 2; // expert runs per forward (every one a miss without a cache)
+      expect(none.weights.expertCache.hits).toBe(0);
+      // Everything fits: the second forward finds every expert it needs.
+      expect(all.weights.expertCache.misses).toBeLessThanOrEqual(layers * 4);
+      expect(all.weights.expertCache.hits).toBe(2 * used - all.weights.expertCache.misses);
+      expect(all.weights.expertCache.hits).toBeGreaterThanOrEqual(used);
+      // Three experts' worth: some hits, never more held than the budget.
+      expect(some.weights.expertCache.misses).toBeGreaterThan(all.weights.expertCache.misses);
+      expect(some.weights.expertCache.heldBytes).toBe(3 * expertBytes);
+      expect(some.weights.expertCache.bytesRead).toBe(some.weights.expertCache.misses * expertBytes); // F32 on disk
+    } finally {
+      for (const m of [none, some, all]) m.dispose();
     }
   });
 

@@ -8,6 +8,8 @@
  * `ModelWeights`). This module
  * is arithmetic only: it reads no file and holds no tensor.
  */
+import * as os from 'node:os';
+import * as tf from '@tensorflow/tfjs-core';
 import type { KernelsName } from '../kernels/linear.js';
 import type { ModelConfig } from './config.js';
 
@@ -104,4 +106,15 @@ export function residencyProblem(weights: Residency, size: CheckpointSize, freeB
     return `--weights resident needs ${gb(size.storedBytes)} for the stored weights, more than the ${gb(freeBytes)} free memory; use --weights stream`;
   }
   return null;
+}
+
+/**
+ * Stream mode's expert cache: half of what is free beyond the stream peak (one layer, the
+ * head and a tensor in flight); on wasm at most 1 GiB, which its 4 GiB heap can spare beside a layer.
+ * Dense models have no experts to keep: 0.
+ */
+export function defaultExpertCacheBytes(c: ModelConfig, freeBytes = os.freemem(), backend = tf.getBackend()): number {
+  if (c.numExperts === null) return 0;
+  const spare = Math.max(0, (freeBytes - estimateMemory(c).stream) / 2);
+  return backend === 'wasm' ? Math.min(spare, 2 ** 30) : spare;
 }

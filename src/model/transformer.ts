@@ -19,6 +19,7 @@ import { rmsNorm } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
 import { validateTensors } from './schema.js';
 import { ModelWeights } from './weights.js';
+import { defaultExpertCacheBytes } from './residency.js';
 
 export interface LoadOptions {
   /**
@@ -29,6 +30,12 @@ export interface LoadOptions {
   readonly weights?: Residency;
   /** Resident loading: called with the bytes read so far, after each tensor. */
   readonly onProgress?: (loadedBytes: number) => void;
+  /**
+   * Stream mode, Mixtral: float32 bytes of experts kept between uses, least recently used
+   * out (default: a share of the memory that is free at load, see `defaultExpertCacheBytes`;
+   * 0 = one expert at a time).
+   */
+  readonly expertCacheBytes?: number;
   /** Replaces config values after parsing (experiments, e.g. a smaller sliding window). */
   readonly overrides?: Partial<ModelConfig>;
 }
@@ -72,7 +79,8 @@ export class Transformer {
       const config: ModelConfig = Object.freeze({ ...parsed, ...opts.overrides });
       const src = tensorSource(ckpt, config);
       validateTensors(ckpt, config, src);
-      return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager', opts.onProgress), ckpt);
+      return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager', opts.onProgress,
+        opts.expertCacheBytes ?? defaultExpertCacheBytes(config)), ckpt);
     } catch (e) {
       ckpt.store.close();
       throw e;

@@ -8,8 +8,9 @@
  *   norms become small float32 tensors. A 7B bf16 checkpoint takes its 14.5 GB, not 29.
  * - `eager`: every tensor becomes a float32 tf tensor at load (the plain tfjs path).
  * - `stream`: a layer's tensors are read when the forward reaches it and freed after
- *   (`releaseLayer`). A Mixtral expert is read only when a token is routed to it, and only
- *   one expert of a layer is resident at a time.
+ *   (`releaseLayer`). A Mixtral expert is read only when a token is routed to it, and kept
+ *   in an expert cache while spare memory allows (least recently used out; a budget of 0
+ *   keeps one expert at a time): decode reuses a layer's favourite experts token after token.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { disposeLinear, linearBytes, makeLinear, storedLinear, type Linear, type StoredLinear } from '../kernels/linear.js';
@@ -34,6 +35,17 @@ export interface LayerWeights {
   readonly moe?: MoeWeights;
 }
 
+/** How the stream-mode expert cache did: lookups that found the expert resident, or read it. */
+export interface ExpertCacheStats {
+  hits: number;
+  misses: number;
+  /** Bytes of expert weights read from the files (at their stored width). */
+  bytesRead: number;
+  /** Bytes of expert weights held now (float32). */
+  heldBytes: number;
+  readonly budgetBytes: number;
+}
+
 export class ModelWeights {
   // Two maps, because one name can be held twice: a tied embedding table is both the
   // gather table [vocab, hidden] and the unembedding Linear (laid out per backend).
@@ -44,9 +56,19 @@ export class ModelWeights {
 
   /** Kernel memory of resident weights. */
   private readonly memory: WeightMemory | null;
+  /** Stream mode: resident experts by name prefix, least recently used first (Map order). */
+  private readonly experts = new Map<string, number>();
+  readonly expertCache: ExpertCacheStats;
+  /** Bytes read from the checkpoint files so far, at their stored width (stream mode: grows every token). */
+  bytesRead = 0;
 
+  /**
+   * @param expertCacheBytes stream mode: float32 bytes of experts to keep between uses (0:
+   *   one expert at a time)
+   */
   constructor(readonly config: ModelConfig, private readonly src: TensorSource, readonly residency: Residency,
-    onProgress?: (loadedBytes: number) => void) {
+    onProgress?: (loadedBytes: number) => void, expertCacheBytes = 0) {
+    this.expertCache = { hits: 0, misses: 0, bytesRead: 0, heldBytes: 0, budgetBytes: residency === 'stream' ? expertCacheBytes : 0 };
     this.memory = residency === 'resident' ? new WeightMemory() : null;
     try {
       if (residency === 'resident') this.loadResident(onProgress);
@@ -72,7 +94,7 @@ export class ModelWeights {
       return tf.tensor2d(rows, [ids.length, H]);
     }
     const rows = new Float32Array(ids.length * H);
-    ids.forEach((id, t) => rows.set(this.src.read(name, id * H, H), t * H));
+    ids.forEach((id, t) => rows.set(this.read(name, id * H, H), t * H));
     return tf.tensor2d(rows, [ids.length, H]);
   }
 
@@ -99,10 +121,7 @@ export class ModelWeights {
         router: this.linear(p + 'block_sparse_moe.gate.weight'),
         numExperts: c.numExperts,
         expert: (i) => {
-          // Stream mode holds one expert at a time: asking for expert i frees the one asked
-          // for before it. The MoE runs each expert to completion before asking for the next
-          // (tfjs executes ops eagerly), so a Mixtral layer needs 1 expert resident, not 8.
-          if (this.residency === 'stream') this.releaseWhere((name) => name.startsWith(`${p}block_sparse_moe.experts.`) && !name.startsWith(e(i)));
+          if (this.residency === 'stream') this.useExpert(e(i));
           return swiglu(e(i) + 'w1.weight', e(i) + 'w3.weight', e(i) + 'w2.weight');
         },
       },
@@ -119,10 +138,41 @@ export class ModelWeights {
     return this.config.tieWordEmbeddings ? this.linear('model.embed_tokens.weight') : this.linear('lm_head.weight');
   }
 
-  /** Stream mode: frees layer l's tensors (no-op otherwise). */
+  /** Stream mode: frees layer l's tensors, but for cached experts (no-op otherwise). */
   releaseLayer(l: number): void {
     if (this.residency !== 'stream') return;
-    this.releaseWhere((name) => name.startsWith(`model.layers.${l}.`));
+    this.releaseWhere((name) => name.startsWith(`model.layers.${l}.`) && !this.experts.has(expertOf(name)));
+  }
+
+  /**
+   * Stream mode: expert `prefix` is about to run. A cached one moves to the recently used
+   * end; a new one is read (by the caller, through linear()) after the least recently used
+   * experts make room for it. The MoE runs each expert to completion before asking for the
+   * next (tfjs executes ops eagerly), so freeing another expert here is safe, and with a
+   * budget of 0 a Mixtral layer needs one expert resident, not 8.
+   */
+  private useExpert(prefix: string): void {
+    const stats = this.expertCache;
+    const held = this.experts.get(prefix);
+    if (held !== undefined) {
+      stats.hits++;
+      this.experts.delete(prefix);
+      this.experts.set(prefix, held);
+      return;
+    }
+    stats.misses++;
+    const c = this.config;
+    const bytes = 4 * 3 * c.intermediateSize * c.hiddenSize;
+    for (const [old, oldBytes] of this.experts) {
+      if (stats.heldBytes + bytes <= stats.budgetBytes) break;
+      this.experts.delete(old);
+      stats.heldBytes -= oldBytes;
+      this.releaseWhere((name) => name.startsWith(old));
+    }
+    this.experts.set(prefix, bytes);
+    stats.heldBytes += bytes;
+    const stored = (name: string) => this.src.shape(name)!.reduce((a, b) => a * b, 1) * (this.src.dtype(name) === 'F32' ? 4 : 2);
+    stats.bytesRead += ['w1', 'w2', 'w3'].reduce((a, w) => a + stored(`${prefix}${w}.weight`), 0);
   }
 
   /** Stream mode: frees the final norm and the unembedding. */
@@ -147,6 +197,8 @@ export class ModelWeights {
 
   dispose(): void {
     this.releaseWhere(() => true);
+    this.experts.clear();
+    this.expertCache.heldBytes = 0;
     this.memory?.dispose();
   }
 
@@ -175,6 +227,7 @@ export class ModelWeights {
       const bytes = shape[0]! * shape[1]! * DTYPE_BYTES[dtype];
       const a = this.memory!.alloc(bytes);
       this.src.readInto(name, a.arena.bytes(a.ptr, bytes));
+      this.bytesRead += bytes;
       this.linears.set(name, storedLinear({ ...a, rows: shape[0]!, cols: shape[1]!, dtype }));
       loaded += bytes;
       onProgress?.(loaded);
@@ -202,10 +255,17 @@ export class ModelWeights {
   private tensor(name: string, shape: number[]): tf.Tensor {
     let t = this.tensors.get(name);
     if (t === undefined) {
-      t = tf.keep(tf.tensor(this.src.read(name), shape)); // freed by release*/dispose, not by a tidy
+      t = tf.keep(tf.tensor(this.read(name), shape)); // freed by release*/dispose, not by a tidy
       this.tensors.set(name, t);
     }
     return t;
+  }
+
+  /** Reads (part of) a tensor as float32, counting the stored bytes read. */
+  private read(name: string, start?: number, count?: number): Float32Array {
+    const data = this.src.read(name, start, count);
+    this.bytesRead += data.length * (this.src.dtype(name) === 'F32' ? 4 : 2);
+    return data;
   }
 
   private norm(name: string): tf.Tensor1D {
@@ -221,7 +281,7 @@ export class ModelWeights {
     let l = this.linears.get(name);
     if (l === undefined) {
       const shape = this.src.shape(name)!; // [out, in]
-      l = makeLinear(this.src.read(name), shape[0]!, shape[1]!);
+      l = makeLinear(this.read(name), shape[0]!, shape[1]!);
       tf.keep(l.weight);
       this.linears.set(name, l);
     }
@@ -249,4 +309,9 @@ function widenRow(buffer: ArrayBufferLike, ptr: number, n: number, dtype: Weight
   } else {
     for (let i = 0; i < n; i++) out[i] = halfToFloat(src[i]!);
   }
+}
+
+/** The expert prefix (`model.layers.L.block_sparse_moe.experts.E.`) of a tensor name, or '' when none. */
+function expertOf(name: string): string {
+  return /^model\.layers\.\d+\.block_sparse_moe\.experts\.\d+\./.exec(name)?.[0] ?? '';
 }

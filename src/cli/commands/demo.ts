@@ -33,6 +33,9 @@ the answer, then checks the model against the bundled reference outputs of trans
   --reference FILE   default fixtures/refs/<model name>.json when it exists
   --max-tokens N     default 12; generation stops at </s>
   --backend NAME     cpu (default) or wasm
+  --weights MODE     auto (default), resident, eager or stream (see mistral-ref generate --help)
+  --kernels NAME     simd (default) or tfjs
+  --threads N        threads for the simd kernels (default: every core)
 `;
 
 export async function run(args: string[], io: CliIO): Promise<number> {

@@ -9,6 +9,7 @@
  */
 import * as os from 'node:os';
 import { KERNELS_WASM } from './kernels.generated.js';
+import { forgetMemory } from './pool.js';
 
 export interface KernelExports {
   /** Returns a value folded from the touch-ahead loads (ignored; it keeps them alive). */
@@ -23,6 +24,8 @@ export interface KernelExports {
     D: number, window: number, sqrtD: number, h0: number, h1: number): void;
   /** Folds n bytes from p into one value (the bandwidth probe). */
   read(p: number, n: number): number;
+  /** n rounds of 64 float32 operations on registers (the arithmetic probe). */
+  flops(n: number): number;
 }
 
 // The few WebAssembly JS-API types used here (the project compiles without the DOM lib).
@@ -166,8 +169,12 @@ export class WeightMemory {
     return this.arenas.reduce((a, m) => a + m.used, 0);
   }
 
-  /** Drops the memories (the garbage collector frees them; wasm memories cannot shrink). */
+  /**
+   * Drops the memories (the garbage collector frees them; wasm memories cannot shrink), and
+   * has the thread pool's workers drop their instances of them.
+   */
   dispose(): void {
+    for (const a of this.arenas) forgetMemory(a.memory);
     this.arenas.length = 0;
   }
 }

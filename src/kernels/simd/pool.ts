@@ -37,7 +37,7 @@ const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
 const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
 const SLOTS = SCRATCH + 64;
 
-export const OPS = { gemv: 0, gemm: 1, stop: 2 } as const;
+export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4 } as const;
 
 /** How long an idle thread spins before it sleeps (ms): wake-ups cost more than decode's gaps. */
 const SPIN_MS = 0.5;
@@ -56,8 +56,17 @@ const WORKER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const { control, module, index, port } = workerData;
 const c = new Int32Array(control);
-const arenas = [];
+const instances = new Map(); // memory id → kernel exports
 const names = ['bf16', 'f16', 'f32'];
+// Memories arrive (and are forgotten, when their model is disposed) as messages, read
+// synchronously before each job: a worker blocked in Atomics.wait runs no event loop.
+function drain() {
+  for (let m; (m = receiveMessageOnPort(port)) !== undefined;) {
+    const { id, memory } = m.message;
+    if (memory === undefined) instances.delete(id);
+    else instances.set(id, new WebAssembly.Instance(module, { env: { memory } }).exports);
+  }
+}
 let seen = 0;
 for (;;) {
   // Spin a little before sleeping: during decode the next product comes within tens of
@@ -68,19 +77,19 @@ for (;;) {
   seen = Atomics.load(c, ${GEN});
   if (c[${OP}] === ${OPS.stop}) break;
   try {
-    while (arenas.length <= c[${ARENA}]) {
-      const m = receiveMessageOnPort(port);
-      if (m === undefined) throw new Error('kernel memory ' + c[${ARENA}] + ' was never sent to this worker');
-      arenas.push(new WebAssembly.Instance(module, { env: { memory: m.message } }).exports);
-    }
+    drain();
     const parts = c[${PARTS}];
     if (index < parts) {
-      const k = arenas[c[${ARENA}]];
+      const k = instances.get(c[${ARENA}]);
+      if (k === undefined) throw new Error('kernel memory ' + c[${ARENA}] + ' was never sent to this worker');
       const r0 = c[${ROWS} + 2 * index], r1 = c[${ROWS} + 2 * index + 1];
       if (r1 > r0) {
         const d = names[c[${DTYPE}]];
-        if (c[${OP}] === ${OPS.gemv}) k['gemv_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}]);
-        else k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index]);
+        const op = c[${OP}];
+        if (op === ${OPS.gemv}) k['gemv_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}]);
+        else if (op === ${OPS.gemm}) k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index]);
+        else if (op === ${OPS.read}) k.read(c[${W}] + 64 * r0, 64 * (r1 - r0));
+        else if (op === ${OPS.flops}) k.flops(c[${K}]);
       }
     }
   } catch (e) {
@@ -103,12 +112,16 @@ export function share(r0: number, r1: number, parts: number, i: number): [number
 interface PoolWorker {
   readonly worker: Worker;
   readonly port: MessagePort;
-  /** Memories already sent to it (their count: arenas are numbered in order). */
-  sent: number;
+  /** Ids of the memories it holds an instance for. */
+  readonly sent: Set<number>;
 }
 
 export interface KernelJob {
-  readonly op: 'gemv' | 'gemm';
+  /**
+   * gemv, gemm: rows [r0, r1) of a product. The probes: read, a 64-byte block per "row"
+   * from w; flops, K rounds of the arithmetic probe per participant (one "row" group each).
+   */
+  readonly op: 'gemv' | 'gemm' | 'read' | 'flops';
   readonly dtype: keyof typeof DTYPE_CODES;
   readonly w: number;
   readonly x: number;
@@ -122,12 +135,13 @@ export interface KernelJob {
   readonly tb?: number;
 }
 
-/** Memories the pool has seen, numbered in order: a worker instantiates each once. */
-const memories: WasmMemory[] = [];
+/** Ids of the memories pools have seen: a worker instantiates each once. Weak: no memory is kept alive. */
+const memoryIds = new WeakMap<WasmMemory, number>();
+let nextMemoryId = 0;
 
 function memoryId(m: WasmMemory): number {
-  let id = memories.indexOf(m);
-  if (id < 0) id = memories.push(m) - 1;
+  let id = memoryIds.get(m);
+  if (id === undefined) memoryIds.set(m, (id = nextMemoryId++));
   return id;
 }
 
@@ -152,7 +166,7 @@ export class KernelPool {
       worker.unref();
       port1.unref();
       worker.on('error', () => { Atomics.store(this.control, FAILED, 1); });
-      this.workers.push({ worker, port: port1, sent: 0 });
+      this.workers.push({ worker, port: port1, sent: new Set() });
     }
   }
 
@@ -165,7 +179,9 @@ export class KernelPool {
     const c = this.control;
     const id = memoryId(arena.memory);
     for (const w of this.workers) {
-      while (w.sent <= id) w.port.postMessage(memories[w.sent++]);
+      if (w.sent.has(id)) continue;
+      w.port.postMessage({ id, memory: arena.memory });
+      w.sent.add(id);
     }
     // Fewer participants than threads when there are few rows: a thread per 4-row group at most.
     const parts = Math.min(this.threads, Math.ceil((job.r1 - job.r0) / 4));
@@ -203,6 +219,15 @@ export class KernelPool {
     }
   }
 
+  /** The workers drop their instance of `memory` (its model was disposed), so it can be freed. */
+  forget(memory: WasmMemory): void {
+    const id = memoryIds.get(memory);
+    if (id === undefined) return;
+    for (const w of this.workers) {
+      if (w.sent.delete(id)) w.port.postMessage({ id });
+    }
+  }
+
   /** Stops the workers (they also end with the process). */
   close(): void {
     if (this.closed) return;
@@ -219,7 +244,11 @@ export class KernelPool {
 
 /** One thread's rows of a product, on this thread. */
 export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: number, scratch: number): void {
-  if (job.op === 'gemv') {
+  if (job.op === 'read') {
+    k.read(job.w + 64 * r0, 64 * (r1 - r0));
+  } else if (job.op === 'flops') {
+    k.flops(job.K);
+  } else if (job.op === 'gemv') {
     const f = job.dtype === 'bf16' ? k.gemv_bf16 : job.dtype === 'f16' ? k.gemv_f16 : k.gemv_f32;
     f(job.w, job.x, job.y, r0, r1, job.K);
   } else {
@@ -229,7 +258,8 @@ export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: numbe
 }
 
 let pool: KernelPool | null = null;
-let wanted = defaultThreads();
+/** The thread count asked for; null until set (then every core: read lazily, arena.ts and this module import each other). */
+let wanted: number | null = null;
 
 /**
  * Sets how many threads the kernels use (the calling thread included); 1 = no workers.
@@ -239,7 +269,7 @@ export function setThreads(n: number): void {
   if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
     throw new PoolError(`threads must be an integer from 1 to ${MAX_THREADS}, got ${n}`);
   }
-  if (n !== wanted) {
+  if (n !== getThreads()) {
     pool?.close();
     pool = null;
   }
@@ -247,14 +277,21 @@ export function setThreads(n: number): void {
 }
 
 export function getThreads(): number {
+  wanted ??= defaultThreads();
   return wanted;
 }
 
 /** The pool for the current thread count, or null for one thread. */
 export function kernelPool(): KernelPool | null {
-  if (wanted === 1) return null;
-  if (pool === null || pool.threads !== wanted) pool = new KernelPool(wanted);
+  const n = getThreads();
+  if (n === 1) return null;
+  if (pool === null || pool.threads !== n) pool = new KernelPool(n);
   return pool;
+}
+
+/** Tells the running pool, if any, that `memory` is no longer used (WeightMemory.dispose). */
+export function forgetMemory(memory: WasmMemory): void {
+  pool?.forget(memory);
 }
 
 /** Stops the pool's workers now (tests; the process exits without it). */
