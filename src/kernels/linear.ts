@@ -38,6 +38,15 @@ export interface StoredLinear extends LinearShape {
 
 export type Linear = TensorLinear | StoredLinear;
 
+/**
+ * Whether a layer runs on the simd kernels: its weights are stored ones. Such a layer also
+ * takes the fused steps (attention, RMSNorm, RoPE, SwiGLU) unless a hook needs what only
+ * their composite twins form.
+ */
+export function onSimdKernels(l: Linear): boolean {
+  return l.kind === 'stored';
+}
+
 /** Whether the active backend prefers `[out, in]` with transposeB. */
 export function prefersTransposedWeights(): boolean {
   return tf.getBackend() === 'cpu';

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { linear, type Linear } from '../kernels/linear.js';
+import { ropeFused } from '../kernels/fused.js';
+import { linear, onSimdKernels, type Linear } from '../kernels/linear.js';
 import { fusedAttention } from '../kernels/simd/attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
@@ -36,8 +37,9 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   const q = hook('attn.hook_q', tf.reshape<tf.Rank.R3>(linear(x, w.q), [T, H, D])); // [tokens, heads, headDim]
   const k = hook('attn.hook_k', tf.reshape<tf.Rank.R3>(linear(x, w.k), [T, KV, D])); // [tokens, kvHeads, headDim]
   const v = hook('attn.hook_v', tf.reshape<tf.Rank.R3>(linear(x, w.v), [T, KV, D]));
-  const qRot = hook('attn.hook_rot_q', applyRope(q, rope));
-  const kRot = hook('attn.hook_rot_k', applyRope(k, rope));
+  const rotate = onSimdKernels(w.q) ? (x: tf.Tensor3D) => ropeFused(x, rope.cosData, rope.sinData) : (x: tf.Tensor3D) => applyRope(x, rope);
+  const qRot = hook('attn.hook_rot_q', rotate(q));
+  const kRot = hook('attn.hook_rot_k', rotate(k));
 
   // Heads first for the matrix products.
   const newK = tf.transpose(kRot, [1, 0, 2]) as tf.Tensor3D; // [kvHeads, tokens, headDim]
@@ -76,7 +78,7 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   return linear(tf.reshape<tf.Rank.R2>(z, [T, H * D]), w.o);
 }
 
-/** The fused kernel serves models on the simd kernels (stored weights) whose head size it handles. */
+/** The fused kernel serves models on the simd kernels whose head size it handles. */
 function fusedAttentionFits(w: AttentionWeights, cfg: ModelConfig): boolean {
-  return w.q.kind === 'stored' && cfg.headDim % 4 === 0;
+  return onSimdKernels(w.q) && cfg.headDim % 4 === 0;
 }

@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { rmsNormFused } from '../kernels/fused.js';
+import { onSimdKernels } from '../kernels/linear.js';
 import { attention } from './attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
@@ -20,11 +22,12 @@ import type { LayerWeights } from './weights.js';
  */
 export function decoderBlock(x: tf.Tensor2D, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
   positions: readonly number[], cache: LayerCache | null, hook: HookScope): { out: tf.Tensor2D; routing?: Routing } {
+  const norm = onSimdKernels(w.attn.q) ? rmsNormFused : rmsNorm;
   const residPre = hook('hook_resid_pre', x);
-  const attnIn = hook('ln1.hook_normalized', rmsNorm(residPre, w.inputNorm, cfg.rmsNormEps));
+  const attnIn = hook('ln1.hook_normalized', norm(residPre, w.inputNorm, cfg.rmsNormEps));
   const attnOut = hook('hook_attn_out', attention(attnIn, w.attn, cfg, rope, positions, cache, hook));
   const residMid = hook('hook_resid_mid', tf.add<tf.Tensor2D>(residPre, attnOut));
-  const ffnIn = hook('ln2.hook_normalized', rmsNorm(residMid, w.postNorm, cfg.rmsNormEps));
+  const ffnIn = hook('ln2.hook_normalized', norm(residMid, w.postNorm, cfg.rmsNormEps));
   let ffnOut: tf.Tensor2D;
   let routing: Routing | undefined;
   if (w.moe !== undefined) {

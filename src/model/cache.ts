@@ -83,9 +83,30 @@ function float32(t: tf.Tensor3D): Float32Array {
 /**
  * Rows of keys and values in two growing Float32Arrays, [kvHeads, capacity, headDim]:
  * rows 0 … rows − 1 hold a key each. Heads first, so each head's rows in use are one
- * contiguous block, copied out with one `set` per head.
+ * contiguous block, copied out with one `set` per head. A step shows the rows in use plus
+ * its own keys (`attended`), then keeps its keys (`store`): the two caches differ only there.
  */
-abstract class KeyValueRows {
+abstract class KeyValueRows implements LayerCache {
+  /** Positions of the rows in use, then of the step's keys. */
+  protected abstract attended(positions: readonly number[]): readonly number[];
+  /** Keeps the step's keys and values. */
+  protected abstract store(step: NewRows, positions: readonly number[]): void;
+
+  update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
+    const step = this.read(k, v, positions);
+    const seen = this.view(step, this.attended(positions));
+    this.store(step, positions);
+    return seen;
+  }
+
+  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
+    const step = this.read(k, v, positions);
+    const seen = this.attended(positions);
+    this.viewInto(step, into);
+    this.store(step, positions);
+    return seen;
+  }
+
   private kvHeads = 0;
   private headDim = 0;
   private capacity = 0;
@@ -171,31 +192,19 @@ abstract class KeyValueRows {
 }
 
 /** Keeps every key: memory grows with the text (models without a sliding window). */
-export class FullCache extends KeyValueRows implements LayerCache {
+export class FullCache extends KeyValueRows {
   /** Position of each row. */
   private positions: number[] = [];
 
-  update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
-    const step = this.read(k, v, positions);
-    const all = this.positions.concat(positions); // a new array: the view's is never changed
-    const seen = this.view(step, all);
-    this.store(step, all);
-    return seen;
+  protected attended(positions: readonly number[]): readonly number[] {
+    return this.positions.concat(positions); // a new array: a view's is never changed
   }
 
-  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
-    const step = this.read(k, v, positions);
-    const all = this.positions.concat(positions);
-    this.viewInto(step, into);
-    this.store(step, all);
-    return all;
-  }
-
-  private store(step: NewRows, all: number[]): void {
+  protected store(step: NewRows, positions: readonly number[]): void {
     this.reserve(this.rows + step.tokens, Infinity);
     for (let t = 0; t < step.tokens; t++) this.write(this.rows + t, step, t);
     this.rows += step.tokens;
-    this.positions = all;
+    this.positions = this.positions.concat(positions);
   }
 
   override dispose(): void {
@@ -205,7 +214,7 @@ export class FullCache extends KeyValueRows implements LayerCache {
 }
 
 /** W slots; position p in slot p mod W (see the worked example above). */
-export class RollingCache extends KeyValueRows implements LayerCache {
+export class RollingCache extends KeyValueRows {
   /** The row each slot that holds a key lives in. */
   private readonly rowOfSlot = new Map<number, number>();
   /** Position held by each row in use. */
@@ -216,26 +225,14 @@ export class RollingCache extends KeyValueRows implements LayerCache {
     if (!Number.isInteger(window) || window < 1) throw new RangeError(`window must be an integer ≥ 1, got ${window}`);
   }
 
-  update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
-    const step = this.read(k, v, positions);
-    // The chunk attends to the rows in use (old positions, masked by mask.ts) + its own keys.
-    const seen = this.view(step, this.rowPositions.concat(positions));
-    this.store(step, positions);
-    return seen;
+  /** The chunk attends to the rows in use (old positions, masked by mask.ts) + its own keys. */
+  protected attended(positions: readonly number[]): readonly number[] {
+    return this.rowPositions.concat(positions);
   }
 
-  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
-    const step = this.read(k, v, positions);
-    const seen = this.rowPositions.concat(positions);
-    this.viewInto(step, into);
-    this.store(step, positions);
-    return seen;
-  }
-
-  private store(step: NewRows, positions: readonly number[]): void {
+  protected store(step: NewRows, positions: readonly number[]): void {
     const W = this.window;
-
-    // Then slot p mod W takes the chunk's newest key that maps to it (a chunk longer than W
+    // Slot p mod W takes the chunk's newest key that maps to it (a chunk longer than W
     // maps several). Map order = first use, so new slots get rows in the order of the text.
     const newest = new Map<number, number>(); // slot → token
     positions.forEach((p, t) => newest.set(p % W, t));

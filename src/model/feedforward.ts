@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { linear, type Linear } from '../kernels/linear.js';
+import { swigluFused } from '../kernels/fused.js';
+import { linear, onSimdKernels, type Linear } from '../kernels/linear.js';
 import type { HookScope } from './hooks.js';
 
 /** SwiGLU weights; HF names gate_proj / up_proj / down_proj, native w1 / w3 / w2. */
@@ -18,6 +19,8 @@ export function feedForward(x: tf.Tensor2D, w: FeedForwardWeights, hook?: HookSc
   const h = hook ?? ((_name, t) => t);
   const gate = h('mlp.hook_pre', linear(x, w.gate)); // [tokens, inter]
   const up = h('mlp.hook_pre_linear', linear(x, w.up));
-  const act = h('mlp.hook_post', tf.mul<tf.Tensor2D>(tf.mul(gate, tf.sigmoid(gate)), up)); // silu(g) = g·σ(g)
+  const act = h('mlp.hook_post', onSimdKernels(w.gate)
+    ? swigluFused(gate, up)
+    : tf.mul<tf.Tensor2D>(tf.mul(gate, tf.sigmoid(gate)), up)); // silu(g) = g·σ(g)
   return linear(act, w.down);
 }

@@ -50,52 +50,41 @@ export function nativeName(hf: string): string {
 /**
  * Row permutation between the RoPE layouts, per head of size d:
  * HF row h·d + i·d/2 + p  ←  native row h·d + 2p + i   (i ∈ {0, 1}, p < d/2).
- * @param data [heads·d, cols] row-major
+ * @returns for each HF row, the native row it comes from
  */
-export function permuteNativeToHf(data: Float32Array, heads: number, d: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
+function nativeRowOfHfRow(heads: number, d: number): Int32Array {
+  const from = new Int32Array(heads * d);
   const half = d / 2;
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < 2; i++) {
-      for (let p = 0; p < half; p++) {
-        const from = (h * d + 2 * p + i) * cols;
-        out.set(data.subarray(from, from + cols), (h * d + i * half + p) * cols);
-      }
+      for (let p = 0; p < half; p++) from[h * d + i * half + p] = h * d + 2 * p + i;
     }
   }
+  return from;
+}
+
+/** out row r = data row rows[r] (or, `inverse`, out row rows[r] = data row r); rows of `len` elements. */
+function permuteRows<T extends Float32Array | Uint8Array>(data: T, out: T, rows: Int32Array, len: number, inverse = false): T {
+  rows.forEach((src, r) => {
+    const [to, from] = inverse ? [src, r] : [r, src];
+    out.set(data.subarray(from * len, (from + 1) * len), to * len);
+  });
   return out;
+}
+
+/** @param data [heads·d, cols] row-major, native row order */
+export function permuteNativeToHf(data: Float32Array, heads: number, d: number, cols: number): Float32Array {
+  return permuteRows(data, new Float32Array(data.length), nativeRowOfHfRow(heads, d), cols);
 }
 
 /** The inverse of permuteNativeToHf (HF's converter direction reversed). */
 export function permuteHfToNative(data: Float32Array, heads: number, d: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  const half = d / 2;
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < 2; i++) {
-      for (let p = 0; p < half; p++) {
-        const from = (h * d + i * half + p) * cols;
-        out.set(data.subarray(from, from + cols), (h * d + 2 * p + i) * cols);
-      }
-    }
-  }
-  return out;
+  return permuteRows(data, new Float32Array(data.length), nativeRowOfHfRow(heads, d), cols, true);
 }
 
-/**
- * permuteNativeToHf in place on stored bytes (any dtype): rows of `rowBytes` bytes.
- * @param data [heads·d rows] row-major
- */
+/** permuteNativeToHf in place on stored bytes (any dtype): rows of `rowBytes` bytes. */
 export function permuteRowsNativeToHf(data: Uint8Array, heads: number, d: number, rowBytes: number): void {
-  const copy = data.slice();
-  const half = d / 2;
-  for (let h = 0; h < heads; h++) {
-    for (let i = 0; i < 2; i++) {
-      for (let p = 0; p < half; p++) {
-        const from = (h * d + 2 * p + i) * rowBytes;
-        data.set(copy.subarray(from, from + rowBytes), (h * d + i * half + p) * rowBytes);
-      }
-    }
-  }
+  permuteRows(data.slice(), data, nativeRowOfHfRow(heads, d), rowBytes);
 }
 
 /** Canonical-name access to a checkpoint of any layout. */

@@ -14,6 +14,9 @@ export interface RopeTables {
   /** [tokens, 1, headDim]: broadcasts over heads. */
   readonly cos: tf.Tensor3D;
   readonly sin: tf.Tensor3D;
+  /** The same values as arrays, [tokens, headDim] (for the fused kernel). */
+  readonly cosData: Float32Array;
+  readonly sinData: Float32Array;
 }
 
 /** cos/sin of every (position, frequency) pair, duplicated to cover both halves of a head. */
@@ -40,7 +43,7 @@ export function ropeAngles(positions: readonly number[], headDim: number, theta:
 export function ropeTables(positions: readonly number[], headDim: number, theta: number): RopeTables {
   const { cos, sin } = ropeAngles(positions, headDim, theta);
   const shape: [number, number, number] = [positions.length, 1, headDim];
-  return { cos: tf.tensor3d(cos, shape), sin: tf.tensor3d(sin, shape) };
+  return { cos: tf.tensor3d(cos, shape), sin: tf.tensor3d(sin, shape), cosData: cos, sinData: sin };
 }
 
 /** [..., d] → [..., d]: (a, b) ↦ (−b, a) on the two halves of the last axis. */

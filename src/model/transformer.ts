@@ -6,7 +6,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../io/checkpoint.js';
-import { linear } from '../kernels/linear.js';
+import { rmsNormFused } from '../kernels/fused.js';
+import { linear, onSimdKernels } from '../kernels/linear.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
 import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
@@ -123,7 +124,8 @@ export class Transformer {
         else input.dispose();
       }
       const head = tf.tidy(() => {
-        const normed = hookPoint(hooks, 'ln_final.hook_normalized', rmsNorm(x, w.finalNorm(), c.rmsNormEps));
+        const norm = onSimdKernels(w.lmHead()) ? rmsNormFused : rmsNorm;
+        const normed = hookPoint(hooks, 'ln_final.hook_normalized', norm(x, w.finalNorm(), c.rmsNormEps));
         const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
         const logits = hookPoint(hooks, 'hook_logits', linear(last, w.lmHead())); // [tokens, vocab]
         return keep ? { logits, finalNorm: normed } : { logits };
