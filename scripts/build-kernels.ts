@@ -24,16 +24,16 @@ const DTYPES: DType[] = ['bf16', 'f16', 'f32'];
 const SIZE: Record<DType, number> = { bf16: 2, f16: 2, f32: 4 };
 
 /** Code that leaves the 8 elements at address `p` as two f32x4 in locals `e` and `o`. */
-function load8(d: DType, p: string, e: string, o: string): string {
+function load8(d: DType, p: string, e: string, o: string, offset = 0): string {
   if (d === 'f32') {
-    return `(local.set ${e} (v128.load ${p})) (local.set ${o} (v128.load offset=16 ${p}))`;
+    return `(local.set ${e} (v128.load offset=${offset} ${p})) (local.set ${o} (v128.load offset=${offset + 16} ${p}))`;
   }
   if (d === 'bf16') {
-    return `(local.set $v (v128.load ${p}))
+    return `(local.set $v (v128.load offset=${offset} ${p}))
       (local.set ${e} (i32x4.shl (local.get $v) (i32.const 16)))
       (local.set ${o} (v128.and (local.get $v) (v128.const i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000)))`;
   }
-  return `(local.set $v (v128.load ${p}))
+  return `(local.set $v (v128.load offset=${offset} ${p}))
       (local.set ${e} (call $half4 (v128.and (local.get $v) (v128.const i32x4 0xffff 0xffff 0xffff 0xffff))))
       (local.set ${o} (call $half4 (i32x4.shr_u (local.get $v) (i32.const 16))))`;
 }
@@ -57,14 +57,24 @@ function gemv(d: DType): string {
   const s = SIZE[d];
   const rows = [0, 1, 2, 3];
   const accs = rows.flatMap((r) => [`$e${r}`, `$o${r}`]);
+  const ptrs = ['$p', '$p1', '$p2', '$p3'];
+  /** One 8-column block of the four rows, block `b` of the iteration (constant offsets). */
+  const block8 = (b: number) => `(local.set $xe (v128.load offset=${32 * b} (local.get $xp)))
+        (local.set $xo (v128.load offset=${32 * b + 16} (local.get $xp)))
+        ${rows.map((r) => `${load8(d, `(local.get ${ptrs[r]})`, '$a', '$b', 8 * s * b)}
+        (local.set $e${r} (f32x4.add (local.get $e${r}) (f32x4.mul (local.get $a) (local.get $xe))))
+        (local.set $o${r} (f32x4.add (local.get $o${r}) (f32x4.mul (local.get $b) (local.get $xo))))`).join('\n        ')}`;
   return `
   (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32) (result i32)
     (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32) (local $ahead i32) (local $step i32)
+    (local $p1 i32) (local $p2 i32) (local $p3 i32) (local $xend16 i32) (local $xend8 i32)
     (local $v v128) (local $a v128) (local $b v128) (local $xe v128) (local $xo v128) (local $touch v128)
     ${accs.map((a) => `(local ${a} v128)`).join(' ')}
     (local $s0 f32) (local $s1 f32) (local $s2 f32) (local $s3 f32)
     (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
     (local.set $rb (i32.mul (local.get $K) (i32.const ${s})))
+    (local.set $xend16 (i32.add (local.get $x) (i32.shl (i32.and (local.get $K) (i32.const -16)) (i32.const 2))))
+    (local.set $xend8 (i32.add (local.get $x) (i32.shl (local.get $K8) (i32.const 2))))
     (local.set $r (local.get $r0))
     (block $done4 (loop $rows4
       (br_if $done4 (i32.gt_u (i32.add (local.get $r) (i32.const 4)) (local.get $r1)))
@@ -79,22 +89,27 @@ function gemv(d: DType): string {
       (local.set $ahead (select (i32.add (local.get $p) (i32.shl (local.get $rb) (i32.const 2))) (local.get $p)
         (i32.and (i32.lt_u (local.get $rb) (i32.const 4096))
           (i32.le_u (i32.add (local.get $r) (i32.const 8)) (local.get $r1)))))
-      (local.set $step (select (i32.const ${32 * s}) (i32.const 0) (i32.ne (local.get $ahead) (local.get $p))))
+      (local.set $step (select (i32.const ${64 * s}) (i32.const 0) (i32.ne (local.get $ahead) (local.get $p))))
+      (local.set $p1 (i32.add (local.get $p) (local.get $rb)))
+      (local.set $p2 (i32.add (local.get $p1) (local.get $rb)))
+      (local.set $p3 (i32.add (local.get $p2) (local.get $rb)))
       (local.set $xp (local.get $x))
-      (local.set $k (i32.const 0))
+      ;; 16 columns an iteration (two 8-blocks, the second at constant offsets), then one
+      ;; more 8-block if K mod 16 ≥ 8: four row pointers and x, no index arithmetic.
       (block $kd (loop $kl
-        (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
-        ${Array.from({ length: s / 2 }, (_, i) => `(local.set $touch (v128.or (local.get $touch) (v128.load offset=${64 * i} (local.get $ahead))))`).join(' ')}
+        (br_if $kd (i32.ge_u (local.get $xp) (local.get $xend16)))
+        ${Array.from({ length: s }, (_, i) => `(local.set $touch (v128.or (local.get $touch) (v128.load offset=${64 * i} (local.get $ahead))))`).join(' ')}
         (local.set $ahead (i32.add (local.get $ahead) (local.get $step)))
-        (local.set $xe (v128.load (local.get $xp)))
-        (local.set $xo (v128.load offset=16 (local.get $xp)))
-        ${rows.map((r) => `${load8(d, `(i32.add (local.get $p) (i32.mul (local.get $rb) (i32.const ${r})))`, '$a', '$b')}
-        (local.set $e${r} (f32x4.add (local.get $e${r}) (f32x4.mul (local.get $a) (local.get $xe))))
-        (local.set $o${r} (f32x4.add (local.get $o${r}) (f32x4.mul (local.get $b) (local.get $xo))))`).join('\n        ')}
-        (local.set $p (i32.add (local.get $p) (i32.const ${8 * s})))
-        (local.set $xp (i32.add (local.get $xp) (i32.const 32)))
-        (local.set $k (i32.add (local.get $k) (i32.const 8)))
+        ${block8(0)}
+        ${block8(1)}
+        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (i32.const ${16 * s})))`).join(' ')}
+        (local.set $xp (i32.add (local.get $xp) (i32.const 64)))
         (br $kl)))
+      (if (i32.lt_u (local.get $xp) (local.get $xend8)) (then
+        ${block8(0)}
+        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (i32.const ${8 * s})))`).join(' ')}
+        (local.set $xp (i32.add (local.get $xp) (i32.const 32)))))
+      (local.set $k (local.get $K8))
       ${rows.map((r) => `(local.set $s${r} ${hsum(`(f32x4.add (local.get $e${r}) (local.get $o${r}))`)})`).join('\n      ')}
       ;; the K mod 8 tail, natural order; $p points at row 0's tail
       (block $td (loop $tl
@@ -454,6 +469,25 @@ const ATTEND = `
       (br $tl)))
   )`;
 
+/**
+ * The arithmetic probe: `n` rounds of 8 independent f32x4 multiply-then-add chains (no
+ * loads, no dependencies between chains), i.e. 64 float32 operations a round: what one
+ * thread's baseline SIMD can do at best (Node 20's wasm has no fused multiply-add).
+ */
+const FLOPS = `
+  (func $flops (export "flops") (param $n i32) (result f32)
+    ${Array.from({ length: 8 }, (_, i) => `(local $a${i} v128)`).join(' ')} (local $m v128) (local $c v128)
+    (local.set $m (f32x4.splat (f32.const 0.999999)))
+    (local.set $c (f32x4.splat (f32.const 0.000001)))
+    ${Array.from({ length: 8 }, (_, i) => `(local.set $a${i} (f32x4.splat (f32.const ${i + 1})))`).join(' ')}
+    (block $d (loop $l
+      (br_if $d (i32.eqz (local.get $n)))
+      ${Array.from({ length: 8 }, (_, i) => `(local.set $a${i} (f32x4.add (f32x4.mul (local.get $a${i}) (local.get $m)) (local.get $c)))`).join('\n      ')}
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br $l)))
+    (f32x4.extract_lane 0 ${Array.from({ length: 7 }, () => '(f32x4.add').join(' ')} (local.get $a0) ${Array.from({ length: 7 }, (_, i) => `(local.get $a${i + 1}))`).join(' ')})
+  )`;
+
 /** Reads `n` bytes (a multiple of 64) and folds them into one value: the bandwidth probe. */
 const READ = `
   (func $read (export "read") (param $p i32) (param $n i32) (result i32)
@@ -478,6 +512,7 @@ function kernelsWat(): string {
   ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
   ${EXP}
   ${ATTEND}
+  ${FLOPS}
   ${READ}
 )`;
 }
