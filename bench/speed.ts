@@ -411,7 +411,7 @@ async function runWorkload(w: Workload, probes: readonly Probe[]): Promise<Row[]
       }
       rows.push(r);
     }
-    if (read !== null) {
+    if (read !== null && w.full) {
       const rate = read.bytes / read.seconds;
       // fincore says what was cached; without it, guess from what makes a cache hit likely.
       const c0 = read.cachedBefore;

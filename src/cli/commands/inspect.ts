@@ -15,8 +15,9 @@ export const summary = 'describe a checkpoint: layout, config, tensors, memory';
 export const usage = `usage: mistral-ref inspect --model DIR [--json]
 
 Describes a checkpoint folder from its headers (no weights are read): layout, config,
-tensor count, dtypes, parameter count, the float32 memory each residency mode needs
-(eager: every weight; stream: one layer or the head at a time), what --weights auto
+tensor count, dtypes, parameter count, the memory each residency mode needs (resident:
+every weight at its stored width; eager: every weight as float32; stream: one float32
+layer or the head at a time), what --weights auto
 would choose here, and every inconsistency between config and tensors (missing, extra,
 wrong shape, unreadable dtype) or in the config itself, all of them, not just the first.
 
