@@ -80,6 +80,19 @@ describe.each(['bf16', 'f16', 'f32'] as const)('%s kernels', (dtype) => {
   });
 });
 
+describe('outputs longer than the output scratch', () => {
+  it('a token against 2^21 + 5 rows goes in row slices, every row right', () => {
+    const mem = new WeightMemory();
+    const rows = 2 ** 21 + 5;
+    const { m, values } = store(mem, rows, 3, 'f32', 11);
+    const x = Float32Array.from([0.5, -2, 0.25]);
+    const y = matmul(x, 1, m);
+    let err = 0;
+    for (let r = 0; r < rows; r++) err = Math.max(err, Math.abs(y[r]! - (values[3 * r]! * 0.5 - 2 * values[3 * r + 1]! + 0.25 * values[3 * r + 2]!)));
+    expect(err).toBeLessThan(1e-6);
+  });
+});
+
 describe('f16 special values', () => {
   it('widens subnormals, zeros, infinities and NaN exactly', () => {
     const mem = new WeightMemory();

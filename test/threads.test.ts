@@ -6,13 +6,13 @@
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { Reference } from '../src/io/reference.js';
 import { checkParity } from '../src/inspect/parity.js';
 import { useBackend } from '../src/kernels/backend.js';
 import { WeightMemory } from '../src/kernels/simd/arena.js';
 import { DTYPE_BYTES, matmul, setParallelThreshold, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
-import { closeKernelPool, defaultThreads, setThreads, share } from '../src/kernels/simd/pool.js';
+import { closeKernelPool, defaultThreads, kernelPool, setThreads, share } from '../src/kernels/simd/pool.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
@@ -100,6 +100,41 @@ describe('golden parity with threads on', () => {
       r.close();
     }
     expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+describe('failures', () => {
+  it('a worker that traps closes the pool with a typed error, and the next product gets a new pool', () => {
+    setParallelThreshold(0);
+    setThreads(2);
+    const mem = new WeightMemory();
+    const m = randomMatrix(mem, 64, 64, 'bf16', 1);
+    const x = new Float32Array(64).fill(1);
+    const before = matmul(x, 1, m);
+    const pool = kernelPool()!;
+    // rows 0–31 (this thread’s) end exactly at the end of the memory; rows 32–63 (the worker’s) lie past it
+    const end = m.arena.memory.buffer.byteLength;
+    const half = { ...m, ptr: end - 32 * 64 * 2 };
+    const stderr = vi.spyOn(console, 'error').mockImplementation(() => {});
+    expect(() => matmul(x, 1, half)).toThrow(/a kernel worker failed/);
+    stderr.mockRestore();
+    expect(pool.isClosed).toBe(true);
+    expect(kernelPool()).not.toBe(pool);
+    expect(matmul(x, 1, m)).toEqual(before);
+  });
+
+  it('when this thread’s share traps, the error comes after the workers finish, and the pool goes on', () => {
+    setParallelThreshold(0);
+    setThreads(2);
+    const mem = new WeightMemory();
+    const m = randomMatrix(mem, 64, 64, 'bf16', 2);
+    const x = new Float32Array(64).fill(1);
+    const before = matmul(x, 1, m);
+    const pool = kernelPool()!;
+    // rows 0–31 start past the end of the memory; rows 32–63 wrap around to valid bytes
+    expect(() => matmul(x, 1, { ...m, ptr: 2 ** 32 - 32 * 64 * 2 })).toThrow(/memory access out of bounds/);
+    expect(pool.isClosed).toBe(false);
+    for (let i = 0; i < 20; i++) expect(matmul(x, 1, m)).toEqual(before);
   });
 });
 

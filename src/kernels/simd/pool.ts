@@ -199,8 +199,15 @@ export class KernelPool {
     Atomics.add(c, GEN, 1);
     Atomics.notify(c, GEN);
 
+    // This thread's share; if it fails, the workers still finish theirs before the error
+    // goes up, so that no worker is left writing into the next job's output.
     const [r0, r1] = share(job.r0, job.r1, parts, 0);
-    if (r1 > r0) runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
+    let failure: unknown = null;
+    try {
+      if (r1 > r0) runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
+    } catch (e) {
+      failure = e;
+    }
 
     const others = this.workers.length;
     const until = performance.now() + SPIN_MS;
@@ -213,10 +220,15 @@ export class KernelPool {
         throw new PoolError('a kernel worker stopped answering (10 s); the thread pool is closed');
       }
     }
+    if (failure !== null) throw failure;
     if (Atomics.load(c, FAILED) !== 0) {
       this.close();
       throw new PoolError('a kernel worker failed (see the line above); the thread pool is closed');
     }
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
   }
 
   /** The workers drop their instance of `memory` (its model was disposed), so it can be freed. */
@@ -285,7 +297,7 @@ export function getThreads(): number {
 export function kernelPool(): KernelPool | null {
   const n = getThreads();
   if (n === 1) return null;
-  if (pool === null || pool.threads !== n) pool = new KernelPool(n);
+  if (pool === null || pool.threads !== n || pool.isClosed) pool = new KernelPool(n); // a failed pool is replaced
   return pool;
 }
 
