@@ -11,8 +11,8 @@ import { Reference } from '../src/io/reference.js';
 import { checkParity } from '../src/inspect/parity.js';
 import { useBackend } from '../src/kernels/backend.js';
 import { WeightMemory } from '../src/kernels/simd/arena.js';
-import { DTYPE_BYTES, matmul, setParallelThreshold, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
-import { closeKernelPool, defaultThreads, kernelPool, setThreads, share } from '../src/kernels/simd/pool.js';
+import { DTYPE_BYTES, matmul, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
+import { closeKernelPool, defaultThreads, kernelPool, setParallelThreshold, setThreads, share } from '../src/kernels/simd/pool.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
@@ -43,15 +43,16 @@ function randomMatrix(mem: WeightMemory, rows: number, cols: number, dtype: Weig
 }
 
 describe('share', () => {
-  it('splits rows into contiguous 4-aligned ranges that cover them exactly', () => {
-    const cases: Array<[number, number, number]> = [[0, 4096, 2], [0, 14336, 3], [8, 1001, 3], [0, 5, 2], [0, 64, 64]];
-    for (const [r0, r1, parts] of cases) {
+  it('splits rows into contiguous aligned ranges that cover them exactly', () => {
+    const cases: Array<[number, number, number, number]> = [[0, 4096, 2, 4], [0, 14336, 3, 4], [8, 1001, 3, 4], [0, 5, 2, 4], [0, 64, 64, 4],
+      [0, 32, 3, 1], [0, 5, 2, 1]];
+    for (const [r0, r1, parts, align] of cases) {
       let next = r0;
       for (let i = 0; i < parts; i++) {
-        const [a, b] = share(r0, r1, parts, i);
+        const [a, b] = share(r0, r1, parts, i, align);
         expect(a).toBe(next);
         expect(b).toBeGreaterThanOrEqual(a);
-        if (b < r1) expect((b - r0) % 4).toBe(0);
+        if (b < r1) expect((b - r0) % align).toBe(0);
         next = b;
       }
       expect(next).toBe(r1);

@@ -6,6 +6,7 @@
  * scores or the pattern); the mask rule is mask.ts's: 0 ≤ j ≤ i and i − W < j.
  */
 import { instantiate, type KernelExports, type WasmMemory } from './arena.js';
+import { poolFor, runShare, type KernelJob, type KernelMemory } from './pool.js';
 
 const PAGE = 65536;
 
@@ -14,38 +15,50 @@ interface WasmMemoryCtor {
 }
 
 /** A growable memory with its own kernel instance, carved up afresh for every call. */
-class Workspace {
-  private memory: WasmMemory | null = null;
-  private kernels: KernelExports | null = null;
+class Workspace implements KernelMemory {
+  private mem: WasmMemory | null = null;
+  private instance: KernelExports | null = null;
   private top = 0;
 
+  get memory(): WasmMemory {
+    return this.mem!;
+  }
+
+  get kernels(): KernelExports {
+    return this.instance!;
+  }
+
+  /** Attention uses no widen scratch. */
+  widenScratch(): number {
+    return 0;
+  }
+
   /** Starts a call: every earlier region is free again. */
-  reset(): KernelExports {
-    if (this.memory === null) {
+  reset(): void {
+    if (this.mem === null) {
       const Memory = (globalThis as unknown as { WebAssembly: { Memory: WasmMemoryCtor } }).WebAssembly.Memory;
-      this.memory = new Memory({ initial: 16, maximum: 65536, shared: true });
-      this.kernels = instantiate(this.memory);
+      this.mem = new Memory({ initial: 16, maximum: 65536, shared: true });
+      this.instance = instantiate(this.mem);
     }
     this.top = 0;
-    return this.kernels!;
   }
 
   /** A region of `bytes` bytes (64-aligned); its byte offset. */
   alloc(bytes: number): number {
     const start = Math.ceil(this.top / 64) * 64;
     this.top = start + bytes;
-    const pages = this.memory!.buffer.byteLength / PAGE;
+    const pages = this.memory.buffer.byteLength / PAGE;
     const need = Math.ceil(this.top / PAGE);
-    if (need > pages) this.memory!.grow(need - pages);
+    if (need > pages) this.memory.grow(need - pages);
     return start;
   }
 
   f32(ptr: number, n: number): Float32Array {
-    return new Float32Array(this.memory!.buffer, ptr, n);
+    return new Float32Array(this.memory.buffer, ptr, n);
   }
 
   i32(ptr: number, n: number): Int32Array {
-    return new Int32Array(this.memory!.buffer, ptr, n);
+    return new Int32Array(this.memory.buffer, ptr, n);
   }
 }
 
@@ -74,7 +87,7 @@ export function fusedAttention(q: Float32Array, queryPositions: readonly number[
   const { heads: H, kvHeads: KV, headDim: D } = shape;
   if (D % 4 !== 0) throw new RangeError(`fused attention needs headDim a multiple of 4, got ${D}`);
   const T = queryPositions.length;
-  const k = workspace.reset();
+  workspace.reset();
   const qp = workspace.alloc(4 * T * H * D);
   const zp = workspace.alloc(4 * T * H * D);
   const qposp = workspace.alloc(4 * T);
@@ -92,6 +105,11 @@ export function fusedAttention(q: Float32Array, queryPositions: readonly number[
   if (positions.length !== S) throw new RangeError(`fused attention: ${positions.length} key positions for ${S} keys`);
   const kposp = workspace.alloc(4 * S);
   workspace.i32(kposp, S).set(positions);
-  k.attend(qp, kp, vp, zp, qposp, kposp, T, S, H, KV, D, shape.window ?? 0, Math.sqrt(D), 0, H);
+  // Heads split over the threads (each query and head is independent) when the work is worth a wake-up.
+  const job: KernelJob = { op: 'attend', dtype: 'f32', w: 0, x: 0, y: 0, K: 0, r0: 0, r1: H, align: 1,
+    args: [qp, kp, vp, zp, qposp, kposp, T, S, H, KV, D, shape.window ?? 0, Math.sqrt(D)] };
+  const pool = poolFor(T * H * S * D);
+  if (pool !== null) pool.run(workspace, job);
+  else runShare(workspace.kernels, job, 0, H, 0);
   return workspace.f32(zp, T * H * D).slice();
 }

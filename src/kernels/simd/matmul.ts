@@ -7,7 +7,7 @@
  * and run a 4-rows × 2-tokens register tile over them.
  */
 import { Arena, SCRATCH_X, SCRATCH_Y, MAX_K, type Allocation } from './arena.js';
-import { kernelPool, runShare, type KernelJob } from './pool.js';
+import { poolFor, runShare, type KernelJob } from './pool.js';
 
 export type WeightDType = 'bf16' | 'f16' | 'f32';
 
@@ -79,14 +79,6 @@ function matmulWide(x: Float32Array, T: number, m: StoredMatrix, out: Float32Arr
   return out;
 }
 
-/** Multiply-adds below which a product runs on the calling thread alone (a wake-up costs more). */
-let parallelThreshold = 2 ** 17;
-
-/** Sets the work (multiply-adds) from which products use the thread pool; 0 = always (tests). */
-export function setParallelThreshold(macs: number): void {
-  parallelThreshold = macs;
-}
-
 /** Rows [r0, r1) of n tokens, into y (byte offset; element (t, r) at y + 4·(t·ldy + r)). */
 function run(arena: Arena, m: StoredMatrix, x: Float32Array, n: number, r0: number, r1: number, y: number, ldy: number): void {
   const K = m.cols;
@@ -94,7 +86,7 @@ function run(arena: Arena, m: StoredMatrix, x: Float32Array, n: number, r0: numb
   const job: KernelJob = n === 1
     ? { op: 'gemv', dtype: m.dtype, w: m.ptr, x: arena.x, y, r0, r1, K }
     : { op: 'gemm', dtype: m.dtype, w: m.ptr, x: arena.x, y, r0, r1, K, T: n, ldy, tb: tokenBlock(K) };
-  const pool = (r1 - r0) * K * n >= parallelThreshold ? kernelPool() : null;
+  const pool = poolFor((r1 - r0) * K * n);
   if (pool !== null) pool.run(arena, job);
   else runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
 }

@@ -14,7 +14,7 @@
  * Workers are unref'd: an idle pool never keeps the process alive, and they end with it.
  */
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import { defaultThreads, kernelModule, MAX_THREADS, type Arena, type KernelExports, type WasmMemory } from './arena.js';
+import { defaultThreads, kernelModule, MAX_THREADS, type KernelExports, type WasmMemory } from './arena.js';
 
 export { defaultThreads, MAX_THREADS };
 
@@ -35,9 +35,10 @@ const PARTS = 12; // participants: workers + the caller
 const FAILED = 13;
 const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
 const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
-const SLOTS = SCRATCH + 64;
+const ARGS = SCRATCH + 64; // attend: its 13 arguments before the head range (the last, √D, as float32 bits)
+const SLOTS = ARGS + 16;
 
-export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4 } as const;
+export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5 } as const;
 
 /** How long an idle thread spins before it sleeps (ms): wake-ups cost more than decode's gaps. */
 const SPIN_MS = 0.5;
@@ -56,6 +57,7 @@ const WORKER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const { control, module, index, port } = workerData;
 const c = new Int32Array(control);
+const cf = new Float32Array(control);
 const instances = new Map(); // memory id → kernel exports
 const names = ['bf16', 'f16', 'f32'];
 // Memories arrive (and are forgotten, when their model is disposed) as messages, read
@@ -90,6 +92,10 @@ for (;;) {
         else if (op === ${OPS.gemm}) k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index]);
         else if (op === ${OPS.read}) k.read(c[${W}] + 64 * r0, 64 * (r1 - r0));
         else if (op === ${OPS.flops}) k.flops(c[${K}]);
+        else if (op === ${OPS.attend}) {
+          const a = c.subarray(${ARGS}, ${ARGS} + 12);
+          k.attend(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], cf[${ARGS} + 12], r0, r1);
+        }
       }
     }
   } catch (e) {
@@ -101,11 +107,11 @@ for (;;) {
 }
 `;
 
-/** Rows [r0, r1) split in `parts` contiguous ranges aligned to 4 rows: range `i`. */
-export function share(r0: number, r1: number, parts: number, i: number): [number, number] {
-  const groups = Math.ceil((r1 - r0) / 4);
-  const a = r0 + 4 * Math.floor((groups * i) / parts);
-  const b = r0 + 4 * Math.floor((groups * (i + 1)) / parts);
+/** Rows [r0, r1) split in `parts` contiguous ranges aligned to `align` rows: range `i`. */
+export function share(r0: number, r1: number, parts: number, i: number, align = 4): [number, number] {
+  const groups = Math.ceil((r1 - r0) / align);
+  const a = r0 + align * Math.floor((groups * i) / parts);
+  const b = r0 + align * Math.floor((groups * (i + 1)) / parts);
   return [Math.min(a, r1), Math.min(b, r1)];
 }
 
@@ -121,7 +127,7 @@ export interface KernelJob {
    * gemv, gemm: rows [r0, r1) of a product. The probes: read, a 64-byte block per "row"
    * from w; flops, K rounds of the arithmetic probe per participant (one "row" group each).
    */
-  readonly op: 'gemv' | 'gemm' | 'read' | 'flops';
+  readonly op: 'gemv' | 'gemm' | 'read' | 'flops' | 'attend';
   readonly dtype: keyof typeof DTYPE_CODES;
   readonly w: number;
   readonly x: number;
@@ -133,6 +139,17 @@ export interface KernelJob {
   readonly T?: number;
   readonly ldy?: number;
   readonly tb?: number;
+  /** attend only: its arguments before the head range [r0, r1) (see build-kernels.ts). */
+  readonly args?: readonly number[];
+  /** Rows a share is a multiple of (default 4, a row group of the product kernels). */
+  readonly align?: number;
+}
+
+/** What a job runs in: a memory with its kernel instance (an Arena, or attention's workspace). */
+export interface KernelMemory {
+  readonly memory: WasmMemory;
+  readonly kernels: KernelExports;
+  widenScratch(i: number): number;
 }
 
 /** Ids of the memories pools have seen: a worker instantiates each once. Weak: no memory is kept alive. */
@@ -147,6 +164,7 @@ function memoryId(m: WasmMemory): number {
 
 export class KernelPool {
   private readonly control = new Int32Array(new SharedArrayBuffer(4 * SLOTS));
+  private readonly controlF32 = new Float32Array(this.control.buffer);
   private readonly workers: PoolWorker[] = [];
   private closed = false;
 
@@ -174,7 +192,7 @@ export class KernelPool {
    * Runs one product over rows [r0, r1) of `arena`'s memory on every thread; returns when
    * all rows are written. The caller computes share 0 with `own`.
    */
-  run(arena: Arena, job: KernelJob): void {
+  run(arena: KernelMemory, job: KernelJob): void {
     if (this.closed) throw new PoolError('the kernel thread pool is closed');
     const c = this.control;
     const id = memoryId(arena.memory);
@@ -183,16 +201,21 @@ export class KernelPool {
       w.port.postMessage({ id, memory: arena.memory });
       w.sent.add(id);
     }
-    // Fewer participants than threads when there are few rows: a thread per 4-row group at most.
-    const parts = Math.min(this.threads, Math.ceil((job.r1 - job.r0) / 4));
+    // Fewer participants than threads when there are few rows: a thread per row group at most.
+    const align = job.align ?? 4;
+    const parts = Math.min(this.threads, Math.ceil((job.r1 - job.r0) / align));
     c[OP] = OPS[job.op];
     c[ARENA] = id;
     c[DTYPE] = DTYPE_CODES[job.dtype];
     c[W] = job.w; c[X] = job.x; c[Y] = job.y; c[K] = job.K;
     c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0;
     c[PARTS] = parts;
+    if (job.args !== undefined) {
+      c.set(job.args.slice(0, 12), ARGS);
+      this.controlF32[ARGS + 12] = job.args[12]!;
+    }
     for (let i = 0; i < parts; i++) {
-      [c[ROWS + 2 * i], c[ROWS + 2 * i + 1]] = share(job.r0, job.r1, parts, i);
+      [c[ROWS + 2 * i], c[ROWS + 2 * i + 1]] = share(job.r0, job.r1, parts, i, align);
       c[SCRATCH + i] = arena.widenScratch(i);
     }
     Atomics.store(c, DONE, 0);
@@ -201,7 +224,7 @@ export class KernelPool {
 
     // This thread's share; if it fails, the workers still finish theirs before the error
     // goes up, so that no worker is left writing into the next job's output.
-    const [r0, r1] = share(job.r0, job.r1, parts, 0);
+    const [r0, r1] = share(job.r0, job.r1, parts, 0, align);
     let failure: unknown = null;
     try {
       if (r1 > r0) runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
@@ -256,7 +279,10 @@ export class KernelPool {
 
 /** One thread's rows of a product, on this thread. */
 export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: number, scratch: number): void {
-  if (job.op === 'read') {
+  if (job.op === 'attend') {
+    const a = job.args!;
+    k.attend(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, r0, r1);
+  } else if (job.op === 'read') {
     k.read(job.w + 64 * r0, 64 * (r1 - r0));
   } else if (job.op === 'flops') {
     k.flops(job.K);
@@ -299,6 +325,19 @@ export function kernelPool(): KernelPool | null {
   if (n === 1) return null;
   if (pool === null || pool.threads !== n || pool.isClosed) pool = new KernelPool(n); // a failed pool is replaced
   return pool;
+}
+
+/** Multiply-adds below which a job runs on the calling thread alone (a wake-up costs more). */
+let parallelThreshold = 2 ** 17;
+
+/** Sets the work (multiply-adds) from which jobs use the thread pool; 0 = always (tests). */
+export function setParallelThreshold(macs: number): void {
+  parallelThreshold = macs;
+}
+
+/** The pool for a job of `work` multiply-adds, or null when it should run on the calling thread. */
+export function poolFor(work: number): KernelPool | null {
+  return work >= parallelThreshold ? kernelPool() : null;
 }
 
 /** Tells the running pool, if any, that `memory` is no longer used (WeightMemory.dispose). */
