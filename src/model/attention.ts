@@ -37,7 +37,7 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   const q = hook('attn.hook_q', tf.reshape<tf.Rank.R3>(linear(x, w.q), [T, H, D])); // [tokens, heads, headDim]
   const k = hook('attn.hook_k', tf.reshape<tf.Rank.R3>(linear(x, w.k), [T, KV, D])); // [tokens, kvHeads, headDim]
   const v = hook('attn.hook_v', tf.reshape<tf.Rank.R3>(linear(x, w.v), [T, KV, D]));
-  const rotate = onSimdKernels(w.q) ? (x: tf.Tensor3D) => ropeFused(x, rope.cosData, rope.sinData) : (x: tf.Tensor3D) => applyRope(x, rope);
+  const rotate = (t: tf.Tensor3D) => (onSimdKernels(w.q) ? ropeFused(t, rope.cosData, rope.sinData) : applyRope(t, rope));
   const qRot = hook('attn.hook_rot_q', rotate(q));
   const kRot = hook('attn.hook_rot_k', rotate(k));
 

@@ -15,12 +15,11 @@ import { InputError } from './errors.js';
 import { hookPoint, hookScope, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
 import type { Routing } from './moe.js';
-import type { Residency } from './residency.js';
+import { defaultExpertCacheBytes, type Residency } from './residency.js';
 import { rmsNorm } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
 import { validateTensors } from './schema.js';
 import { ModelWeights } from './weights.js';
-import { defaultExpertCacheBytes } from './residency.js';
 
 export interface LoadOptions {
   /**
