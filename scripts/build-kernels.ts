@@ -56,24 +56,32 @@ const hsum = (v: string) => `(f32.add (f32.add (f32x4.extract_lane 0 ${v}) (f32x
 function gemv(d: DType): string {
   const s = SIZE[d];
   const rows = [0, 1, 2, 3];
-  const accs = rows.flatMap((r) => [`$e${r}`, `$o${r}`]);
+  // One accumulator per row: with two, V8's register allocator spills in the inner loop.
+  const accs = rows.map((r) => `$e${r}`);
   const ptrs = ['$p', '$p1', '$p2', '$p3'];
+  const kloop = (touch: boolean) => `
+      (block $kd (loop $kl
+        (br_if $kd (i32.ge_u (local.get $xp) (local.get $xend8)))
+        ${touch ? `${Array.from({ length: s / 2 }, (_, i) => `(local.set $touch (v128.or (local.get $touch) (v128.load offset=${64 * i} (local.get $ahead))))`).join(' ')}
+        (local.set $ahead (i32.add (local.get $ahead) (i32.const ${32 * s})))` : ''}
+        ${block8(0)}
+        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (i32.const ${8 * s})))`).join(' ')}
+        (local.set $xp (i32.add (local.get $xp) (i32.const 32)))
+        (br $kl)))`;
   /** One 8-column block of the four rows, block `b` of the iteration (constant offsets). */
   const block8 = (b: number) => `(local.set $xe (v128.load offset=${32 * b} (local.get $xp)))
         (local.set $xo (v128.load offset=${32 * b + 16} (local.get $xp)))
         ${rows.map((r) => `${load8(d, `(local.get ${ptrs[r]})`, '$a', '$b', 8 * s * b)}
-        (local.set $e${r} (f32x4.add (local.get $e${r}) (f32x4.mul (local.get $a) (local.get $xe))))
-        (local.set $o${r} (f32x4.add (local.get $o${r}) (f32x4.mul (local.get $b) (local.get $xo))))`).join('\n        ')}`;
+        (local.set $e${r} (f32x4.add (f32x4.add (local.get $e${r}) (f32x4.mul (local.get $a) (local.get $xe))) (f32x4.mul (local.get $b) (local.get $xo))))`).join('\n        ')}`;
   return `
   (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32) (result i32)
     (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32) (local $ahead i32) (local $step i32)
-    (local $p1 i32) (local $p2 i32) (local $p3 i32) (local $xend16 i32) (local $xend8 i32)
+    (local $p1 i32) (local $p2 i32) (local $p3 i32) (local $xend8 i32)
     (local $v v128) (local $a v128) (local $b v128) (local $xe v128) (local $xo v128) (local $touch v128)
-    ${accs.map((a) => `(local ${a} v128)`).join(' ')}
+    ${accs.map((a) => `(local ${a} v128)`).join(' ')} (local $o0 v128)
     (local $s0 f32) (local $s1 f32) (local $s2 f32) (local $s3 f32)
     (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
     (local.set $rb (i32.mul (local.get $K) (i32.const ${s})))
-    (local.set $xend16 (i32.add (local.get $x) (i32.shl (i32.and (local.get $K) (i32.const -16)) (i32.const 2))))
     (local.set $xend8 (i32.add (local.get $x) (i32.shl (local.get $K8) (i32.const 2))))
     (local.set $r (local.get $r0))
     (block $done4 (loop $rows4
@@ -84,33 +92,22 @@ function gemv(d: DType): string {
       ;; and restarts its streams on each new one, which starves short rows (K = 512 bf16:
       ;; a new page every 4-row pass, 5 GB/s). A load per iteration, a cache line apart, walks
       ;; the next pass's bytes while this pass computes (12-15 GB/s). Long rows stream well
-      ;; and lose half their speed to the extra misses, so there the touch stays on this
-      ;; pass's first line (an L1 hit); so does the last pass, so nothing past the end is read.
+      ;; and lose half their speed to the extra misses, so they run without it; so does the
+      ;; last pass, so nothing past the end is read.
       (local.set $ahead (select (i32.add (local.get $p) (i32.shl (local.get $rb) (i32.const 2))) (local.get $p)
         (i32.and (i32.lt_u (local.get $rb) (i32.const 4096))
           (i32.le_u (i32.add (local.get $r) (i32.const 8)) (local.get $r1)))))
-      (local.set $step (select (i32.const ${64 * s}) (i32.const 0) (i32.ne (local.get $ahead) (local.get $p))))
+      (local.set $step (select (i32.const ${32 * s}) (i32.const 0) (i32.ne (local.get $ahead) (local.get $p))))
       (local.set $p1 (i32.add (local.get $p) (local.get $rb)))
       (local.set $p2 (i32.add (local.get $p1) (local.get $rb)))
       (local.set $p3 (i32.add (local.get $p2) (local.get $rb)))
       (local.set $xp (local.get $x))
-      ;; 16 columns an iteration (two 8-blocks, the second at constant offsets), then one
-      ;; more 8-block if K mod 16 ≥ 8: four row pointers and x, no index arithmetic.
-      (block $kd (loop $kl
-        (br_if $kd (i32.ge_u (local.get $xp) (local.get $xend16)))
-        ${Array.from({ length: s }, (_, i) => `(local.set $touch (v128.or (local.get $touch) (v128.load offset=${64 * i} (local.get $ahead))))`).join(' ')}
-        (local.set $ahead (i32.add (local.get $ahead) (local.get $step)))
-        ${block8(0)}
-        ${block8(1)}
-        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (i32.const ${16 * s})))`).join(' ')}
-        (local.set $xp (i32.add (local.get $xp) (i32.const 64)))
-        (br $kl)))
-      (if (i32.lt_u (local.get $xp) (local.get $xend8)) (then
-        ${block8(0)}
-        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (i32.const ${8 * s})))`).join(' ')}
-        (local.set $xp (i32.add (local.get $xp) (i32.const 32)))))
+      ;; 8 columns an iteration: four row pointers and x, no index arithmetic. (Unrolled
+      ;; further, V8 hoists all the loads and spills accumulators to the stack.) Two copies
+      ;; of the loop, with and without the touch-ahead, so long rows pay nothing for it.
+      (if (local.get $step) (then ${kloop(true)}) (else ${kloop(false)}))
       (local.set $k (local.get $K8))
-      ${rows.map((r) => `(local.set $s${r} ${hsum(`(f32x4.add (local.get $e${r}) (local.get $o${r}))`)})`).join('\n      ')}
+      ${rows.map((r) => `(local.set $s${r} ${hsum(`(local.get $e${r})`)})`).join('\n      ')}
       ;; the K mod 8 tail, natural order; $p points at row 0's tail
       (block $td (loop $tl
         (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
