@@ -129,6 +129,26 @@ describe('mistral-ref parity', () => {
     expect(report.max_abs_diff.logits).toBeLessThan(5e-5);
   });
 
+  it.each([[Infinity, 'Infinity'], [-Infinity, '-Infinity'], [NaN, 'NaN']])('a reference holding %s is bad input (exit 2), not a pass', async (bad, shown) => {
+    // One non-finite value among the real logits: before, +Inf made the allowance infinite and any logits passed.
+    const golden = Reference.open(refFile('mistral-tiny'));
+    const p1 = golden.prompts[1]!;
+    const logits = golden.tensor(p1.tensors.logits);
+    golden.close();
+    const data = logits.data.slice();
+    data[7] = bad;
+    writeSafetensors(path.join(tmp, 'bad.safetensors'), [{ name: 'x.logits', shape: logits.shape }], 'F32',
+      (_name, start, out) => out.set(data.subarray(start, start + out.length)));
+    const file = path.join(tmp, 'bad.json');
+    fs.writeFileSync(file, JSON.stringify({
+      schema: 'mistral-golden-ref/1', tensors_file: 'bad.safetensors',
+      prompts: [{ name: 'x', input_ids: p1.input_ids, tensors: { logits: 'x.logits' } }],
+    }));
+    const r = await runCli(['parity', '--model', modelDir('mistral-tiny'), '--reference', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`mistral-ref parity: ${path.join(tmp, 'bad.safetensors')} [x.logits]: reference tensor holds ${shown} at element 7; reference values must be finite\n`);
+  });
+
   it('a reference for another model is a clear exit-2 error, not a crash', async () => {
     const r = await parity(modelDir('mistral-nowindow'), 'mistral-demo');
     expect(r.code).toBe(2);

@@ -66,8 +66,18 @@ export class Reference {
     return typeof this.json.model === 'string' ? this.json.model : path.basename(this.file, '.json');
   }
 
+  /**
+   * A reference tensor. Non-finite values are bad input: an Inf would make the allowance
+   * atol + rtol · max|ref| infinite and pass any logits.
+   */
   tensor(name: string): RefTensor {
-    return { data: this.tensors.readFloat32(name), shape: this.tensors.info(name).shape };
+    const data = this.tensors.readFloat32(name);
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i]!)) {
+        throw new CheckpointError(this.tensors.path, `reference tensor holds ${data[i]} at element ${i}; reference values must be finite`, name);
+      }
+    }
+    return { data, shape: this.tensors.info(name).shape };
   }
 
   close(): void {
