@@ -20,6 +20,15 @@ import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
 type DType = 'bf16' | 'f16' | 'f32';
+
+/**
+ * Whether the module being generated uses relaxed SIMD's fused multiply-add (one instruction
+ * for c + a·b; fused or not is up to the hardware, within float32 rounding either way). Both
+ * variants are built; src/kernels/simd/arena.ts picks the relaxed one where V8 accepts it.
+ */
+let RELAXED = false;
+const madd = (a: string, b: string, c: string) =>
+  (RELAXED ? `(f32x4.relaxed_madd ${a} ${b} ${c})` : `(f32x4.add ${c} (f32x4.mul ${a} ${b}))`);
 const DTYPES: DType[] = ['bf16', 'f16', 'f32'];
 const SIZE: Record<DType, number> = { bf16: 2, f16: 2, f32: 4 };
 
@@ -72,7 +81,7 @@ function gemv(d: DType): string {
   const block8 = (b: number) => `(local.set $xe (v128.load offset=${32 * b} (local.get $xp)))
         (local.set $xo (v128.load offset=${32 * b + 16} (local.get $xp)))
         ${rows.map((r) => `${load8(d, `(local.get ${ptrs[r]})`, '$a', '$b', 8 * s * b)}
-        (local.set $e${r} (f32x4.add (f32x4.add (local.get $e${r}) (f32x4.mul (local.get $a) (local.get $xe))) (f32x4.mul (local.get $b) (local.get $xo))))`).join('\n        ')}`;
+        (local.set $e${r} ${madd('(local.get $b)', '(local.get $xo)', madd('(local.get $a)', '(local.get $xe)', `(local.get $e${r})`))})`).join('\n        ')}`;
   return `
   (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32) (result i32)
     (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32) (local $ahead i32) (local $step i32)
@@ -129,8 +138,8 @@ function gemv(d: DType): string {
       (block $kd (loop $kl
         (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
         ${load8(d, '(local.get $p)', '$a', '$b')}
-        (local.set $e0 (f32x4.add (local.get $e0) (f32x4.mul (local.get $a) (v128.load (local.get $xp)))))
-        (local.set $o0 (f32x4.add (local.get $o0) (f32x4.mul (local.get $b) (v128.load offset=16 (local.get $xp)))))
+        (local.set $e0 ${madd('(local.get $a)', '(v128.load (local.get $xp))', '(local.get $e0)')})
+        (local.set $o0 ${madd('(local.get $b)', '(v128.load offset=16 (local.get $xp))', '(local.get $o0)')})
         (local.set $p (i32.add (local.get $p) (i32.const ${8 * s})))
         (local.set $xp (i32.add (local.get $xp) (i32.const 32)))
         (local.set $k (i32.add (local.get $k) (i32.const 8)))
@@ -195,7 +204,7 @@ function widen(d: DType): string {
  * y[t · ldy + r]. Register tile: 4 rows × 2 tokens = 8 accumulators, so each weight
  * load serves 2 tokens and each x load 4 rows.
  */
-const TILE = `
+const TILE = () => `
   (func $tile (param $wf i32) (param $nr i32) (param $r0 i32) (param $x i32) (param $t0 i32) (param $t1 i32)
       (param $K i32) (param $y i32) (param $ldy i32)
     (local $t i32) (local $k i32) (local $K4 i32) (local $kb i32) (local $i i32)
@@ -223,17 +232,17 @@ const TILE = `
         (local.set $p (v128.load (local.get $x0)))
         (local.set $q (v128.load (local.get $x1)))
         (local.set $a (v128.load (local.get $w0)))
-        (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $a) (local.get $p))))
-        (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $a) (local.get $q))))
+        (local.set $a0 ${madd('(local.get $a)', '(local.get $p)', '(local.get $a0)')})
+        (local.set $a1 ${madd('(local.get $a)', '(local.get $q)', '(local.get $a1)')})
         (local.set $b (v128.load (i32.add (local.get $w0) (local.get $kb))))
-        (local.set $b0 (f32x4.add (local.get $b0) (f32x4.mul (local.get $b) (local.get $p))))
-        (local.set $b1 (f32x4.add (local.get $b1) (f32x4.mul (local.get $b) (local.get $q))))
+        (local.set $b0 ${madd('(local.get $b)', '(local.get $p)', '(local.get $b0)')})
+        (local.set $b1 ${madd('(local.get $b)', '(local.get $q)', '(local.get $b1)')})
         (local.set $c (v128.load (i32.add (local.get $w0) (i32.shl (local.get $kb) (i32.const 1)))))
-        (local.set $c0 (f32x4.add (local.get $c0) (f32x4.mul (local.get $c) (local.get $p))))
-        (local.set $c1 (f32x4.add (local.get $c1) (f32x4.mul (local.get $c) (local.get $q))))
+        (local.set $c0 ${madd('(local.get $c)', '(local.get $p)', '(local.get $c0)')})
+        (local.set $c1 ${madd('(local.get $c)', '(local.get $q)', '(local.get $c1)')})
         (local.set $d (v128.load (i32.add (local.get $w0) (i32.mul (local.get $kb) (i32.const 3)))))
-        (local.set $d0 (f32x4.add (local.get $d0) (f32x4.mul (local.get $d) (local.get $p))))
-        (local.set $d1 (f32x4.add (local.get $d1) (f32x4.mul (local.get $d) (local.get $q))))
+        (local.set $d0 ${madd('(local.get $d)', '(local.get $p)', '(local.get $d0)')})
+        (local.set $d1 ${madd('(local.get $d)', '(local.get $q)', '(local.get $d1)')})
         (local.set $w0 (i32.add (local.get $w0) (i32.const 16)))
         (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
         (local.set $x1 (i32.add (local.get $x1) (i32.const 16)))
@@ -278,7 +287,7 @@ const TILE = `
     (local.set $K4 (i32.and (local.get $K) (i32.const -4)))
     (block $kd (loop $kl
       (br_if $kd (i32.ge_u (local.get $k) (local.get $K4)))
-      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (v128.load (local.get $a)) (v128.load (local.get $b)))))
+      (local.set $acc ${madd('(v128.load (local.get $a))', '(v128.load (local.get $b))', '(local.get $acc)')})
       (local.set $a (i32.add (local.get $a) (i32.const 16)))
       (local.set $b (i32.add (local.get $b) (i32.const 16)))
       (local.set $k (i32.add (local.get $k) (i32.const 4)))
@@ -378,7 +387,7 @@ const EXP = `
  * 0 ≤ kpos[j] ≤ qpos[t] and (window = 0 or kpos[j] > qpos[t] − window). Heads [h0, h1) only
  * (a thread's share). D must be a multiple of 4.
  */
-const ATTEND = `
+const ATTEND = () => `
   (func $attend (export "attend") (param $q i32) (param $k i32) (param $v i32) (param $z i32) (param $qpos i32) (param $kpos i32)
       (param $T i32) (param $S i32) (param $H i32) (param $KV i32) (param $D i32) (param $window i32) (param $sqrtD f32)
       (param $h0 i32) (param $h1 i32)
@@ -420,8 +429,7 @@ const ATTEND = `
               (local.set $d (i32.const 0))
               (block $dd (loop $dl
                 (br_if $dd (i32.ge_u (local.get $d) (local.get $Db)))
-                (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
-                  (v128.load (i32.add (local.get $qrow) (local.get $d))) (v128.load (i32.add (local.get $krow) (local.get $d))))))
+                (local.set $acc ${madd('(v128.load (i32.add (local.get $qrow) (local.get $d)))', '(v128.load (i32.add (local.get $krow) (local.get $d)))', '(local.get $acc)')})
                 (local.set $d (i32.add (local.get $d) (i32.const 16)))
                 (br $dl)))
               (local.set $s (f64.promote_f32 (f32.div ${hsum('(local.get $acc)')} (local.get $sqrtD))))
@@ -445,8 +453,7 @@ const ATTEND = `
               (block $vd (loop $vl
                 (br_if $vd (i32.ge_u (local.get $d) (local.get $Db)))
                 (v128.store (i32.add (local.get $zrow) (local.get $d))
-                  (f32x4.add (v128.load (i32.add (local.get $zrow) (local.get $d)))
-                    (f32x4.mul (v128.load (i32.add (local.get $vrow) (local.get $d))) (local.get $ev))))
+                  ${madd('(v128.load (i32.add (local.get $vrow) (local.get $d)))', '(local.get $ev)', '(v128.load (i32.add (local.get $zrow) (local.get $d)))')})
                 (local.set $d (i32.add (local.get $d) (i32.const 16)))
                 (br $vl)))))
           (local.set $j (i32.add (local.get $j) (i32.const 1)))
@@ -467,11 +474,12 @@ const ATTEND = `
   )`;
 
 /**
- * The arithmetic probe: `n` rounds of 8 independent f32x4 multiply-then-add chains (no
- * loads, no dependencies between chains), i.e. 64 float32 operations a round: what one
- * thread's baseline SIMD can do at best (Node 20's wasm has no fused multiply-add).
+ * The arithmetic probe: `n` rounds of 8 independent f32x4 multiply-add chains (no loads, no
+ * dependencies between chains), i.e. 64 float32 operations a round: what one thread's SIMD
+ * can do at best, in the variant that runs (separate multiply and add in baseline SIMD, one
+ * fused instruction with relaxed SIMD).
  */
-const FLOPS = `
+const FLOPS = () => `
   (func $flops (export "flops") (param $n i32) (result f32)
     ${Array.from({ length: 8 }, (_, i) => `(local $a${i} v128)`).join(' ')} (local $m v128) (local $c v128)
     (local.set $m (f32x4.splat (f32.const 0.999999)))
@@ -479,7 +487,7 @@ const FLOPS = `
     ${Array.from({ length: 8 }, (_, i) => `(local.set $a${i} (f32x4.splat (f32.const ${i + 1})))`).join(' ')}
     (block $d (loop $l
       (br_if $d (i32.eqz (local.get $n)))
-      ${Array.from({ length: 8 }, (_, i) => `(local.set $a${i} (f32x4.add (f32x4.mul (local.get $a${i}) (local.get $m)) (local.get $c)))`).join('\n      ')}
+      ${Array.from({ length: 8 }, (_, i) => `(local.set $a${i} ${madd(`(local.get $a${i})`, '(local.get $m)', '(local.get $c)')})`).join('\n      ')}
       (local.set $n (i32.sub (local.get $n) (i32.const 1)))
       (br $l)))
     (f32x4.extract_lane 0 ${Array.from({ length: 7 }, () => '(f32x4.add').join(' ')} (local.get $a0) ${Array.from({ length: 7 }, (_, i) => `(local.get $a${i + 1}))`).join(' ')})
@@ -501,15 +509,16 @@ const READ = `
     (i32x4.extract_lane 0 (v128.xor (v128.xor (local.get $a) (local.get $b)) (v128.xor (local.get $c) (local.get $d))))
   )`;
 
-function kernelsWat(): string {
+function kernelsWat(relaxed: boolean): string {
+  RELAXED = relaxed;
   return `(module
   (import "env" "memory" (memory 1 65536 shared))
   ${HALF}
-  ${TILE}
+  ${TILE()}
   ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
   ${EXP}
-  ${ATTEND}
-  ${FLOPS}
+  ${ATTEND()}
+  ${FLOPS()}
   ${READ}
 )`;
 }
@@ -519,15 +528,21 @@ async function main(): Promise<void> {
   const wabt = await (require('wabt') as () => Promise<{
     parseWat(name: string, text: string, features: Record<string, boolean>): { validate(): void; toBinary(o: object): { buffer: Uint8Array }; destroy(): void };
   }>)();
-  const mod = wabt.parseWat('kernels.wat', kernelsWat(), { simd: true, threads: true });
-  // No mod.validate(): wabt.js's validator rejects shared memories whatever the features
-  // say; V8 validates the module when it compiles it (and the kernel tests run it).
-  const bytes = mod.toBinary({}).buffer;
-  mod.destroy();
+  const build = (relaxed: boolean) => {
+    const mod = wabt.parseWat('kernels.wat', kernelsWat(relaxed), { simd: true, threads: true, relaxed_simd: relaxed });
+    // No mod.validate(): wabt.js's validator rejects shared memories whatever the features
+    // say; V8 validates the module when it compiles it (and the kernel tests run it).
+    const bytes = mod.toBinary({}).buffer;
+    mod.destroy();
+    return Buffer.from(bytes);
+  };
+  const baseline = build(false);
+  const relaxed = build(true);
   const out = new URL('../src/kernels/simd/kernels.generated.ts', import.meta.url);
   writeFileSync(out, `// Generated by scripts/build-kernels.ts from the WebAssembly text there; do not edit.\n` +
-    `export const KERNELS_WASM = '${Buffer.from(bytes).toString('base64')}';\n`);
-  console.log(`kernels: ${bytes.length} bytes of wasm → src/kernels/simd/kernels.generated.ts`);
+    `export const KERNELS_WASM = '${baseline.toString('base64')}';\n` +
+    `export const KERNELS_WASM_RELAXED = '${relaxed.toString('base64')}';\n`);
+  console.log(`kernels: ${baseline.length} + ${relaxed.length} bytes of wasm (baseline and relaxed SIMD) → src/kernels/simd/kernels.generated.ts`);
 }
 
 await main();

@@ -4,7 +4,7 @@
  * token pairs and an odd token, several token blocks, and the f16 special values.
  */
 import { describe, expect, it } from 'vitest';
-import { WeightMemory } from '../src/kernels/simd/arena.js';
+import { kernelVariant, WeightMemory } from '../src/kernels/simd/arena.js';
 import { matmul, DTYPE_BYTES, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
 import { halfToFloat } from '../src/io/safetensors.js';
 
@@ -116,6 +116,12 @@ describe('f16 special values', () => {
       });
       void values;
     }
+  });
+});
+
+describe('the build in use', () => {
+  it('is the relaxed-SIMD one on this Node (test/simd-baseline.test.ts covers the other)', () => {
+    expect(kernelVariant()).toBe('relaxed-simd');
   });
 });
 

@@ -8,7 +8,8 @@
  * the same weights without copying them. A tensor never spans two arenas.
  */
 import * as os from 'node:os';
-import { KERNELS_WASM } from './kernels.generated.js';
+import * as v8 from 'node:v8';
+import { KERNELS_WASM, KERNELS_WASM_RELAXED } from './kernels.generated.js';
 import { forgetMemory } from './pool.js';
 
 export interface KernelExports {
@@ -40,12 +41,36 @@ interface WasmApi {
 }
 const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
-let compiled: object | null = null;
+let compiled: { module: object; relaxed: boolean } | null = null;
 
-/** The compiled kernel module (compiled once per thread). */
+/**
+ * Compiles the kernels once per thread: the relaxed-SIMD build (fused multiply-add) where V8
+ * takes it, else baseline SIMD. Node 20 has relaxed SIMD behind a V8 flag, set here before
+ * compiling; `MISTRAL_REF_RELAXED_SIMD=0` keeps the baseline build (bit-reproducible across
+ * machines: a relaxed multiply-add may or may not round in between, depending on the CPU).
+ */
+function compileKernels(): { module: object; relaxed: boolean } {
+  if (process.env.MISTRAL_REF_RELAXED_SIMD !== '0') {
+    try {
+      v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+      return { module: new wasm.Module(Buffer.from(KERNELS_WASM_RELAXED, 'base64')), relaxed: true };
+    } catch {
+      // this V8 has no relaxed SIMD: the baseline build below
+    }
+  }
+  return { module: new wasm.Module(Buffer.from(KERNELS_WASM, 'base64')), relaxed: false };
+}
+
+/** The compiled kernel module. */
 export function kernelModule(): object {
-  compiled ??= new wasm.Module(Buffer.from(KERNELS_WASM, 'base64'));
-  return compiled;
+  compiled ??= compileKernels();
+  return compiled.module;
+}
+
+/** Which build of the kernels runs: `relaxed-simd` (with fused multiply-add) or `simd`. */
+export function kernelVariant(): 'relaxed-simd' | 'simd' {
+  compiled ??= compileKernels();
+  return compiled.relaxed ? 'relaxed-simd' : 'simd';
 }
 
 export function instantiate(memory: WasmMemory): KernelExports {
