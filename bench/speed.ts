@@ -44,6 +44,7 @@ import { checkpointSize } from '../src/cli/common.js';
 import { generate } from '../src/generate/index.js';
 import { planSynth, synthesize, type SynthOptions, type SynthPlan } from '../src/io/synthetic.js';
 import { useBackend, type BackendName } from '../src/kernels/backend.js';
+import { kernelVariant } from '../src/kernels/simd/arena.js';
 import { defaultThreads, setThreads } from '../src/kernels/simd/pool.js';
 import { measureReadRate, measureSimdFlops } from '../src/kernels/simd/probe.js';
 import type { ModelConfig } from '../src/model/config.js';
@@ -469,7 +470,7 @@ const body = rows.map((r) => {
   return [r.workload, r.weights, r.window, String(r.threads), speed(r.prefill64), speed(r.prefill512), pct(r.prefillFraction), speed(r.decode),
     speed(r.decode512), speed(r.limit), pct(r.fraction) + (note ? ` (${note})` : '')];
 });
-const summary = `${backend} backend, ${weightsArg} weights, ${os.availableParallelism()} cores; probes: ` +
+const summary = `${backend} backend, ${weightsArg} weights, kernels: ${kernelVariant()}, ${os.availableParallelism()} cores; probes: ` +
   probes.map((p) => `${p.threads} thread${p.threads > 1 ? 's' : ''} read ${(p.read / GB).toFixed(1)} GB/s, SIMD ${(p.flops / 1e9).toFixed(1)} GFLOP/s`).join('; ') +
   `; decode: ${[...new Set(rows.map((r) => r.decodeTokens))].join(' or ')} tokens after the 64-token (and the 512-token) prompt; ` +
   `runs per figure (median): ${[...new Set(rows.map((r) => r.reps))].join(' or ')}; limit = read rate ÷ projection bytes per token at stored width`;
@@ -501,7 +502,7 @@ console.log(`\ntotal ${seconds.toFixed(0)} s`);
 
 if (values.json) {
   fs.writeFileSync(values.json, JSON.stringify({
-    date: new Date().toISOString(), backend, weights: weightsArg, probes, seconds, rows,
+    date: new Date().toISOString(), backend, weights: weightsArg, kernels: kernelVariant(), probes, seconds, rows,
   }, null, 2) + '\n');
 }
 if (rows.some((r) => r.error)) process.exitCode = 1;
