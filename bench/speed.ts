@@ -214,10 +214,15 @@ async function timeGenerate(model: Transformer, ids: number[], maxNewTokens: num
  * The embedding lookup reads one row, left out; a tied table is the lm_head, counted once.
  */
 function decodeBytes(c: ModelConfig, bytesPerParam: number): number {
+  return bytesPerParam * (c.numLayers * layerWeightsPerToken(c) + c.vocabSize * c.hiddenSize);
+}
+
+/** Projection weights one token meets in a layer: q and o, k and v, the routed experts and the router. */
+function layerWeightsPerToken(c: ModelConfig): number {
   const H = c.hiddenSize;
-  const attn = 2 * (c.numHeads + c.numKvHeads) * c.headDim * H; // q and o; k and v
-  const mlp = 3 * c.intermediateSize * H * (c.numExpertsPerTok ?? 1) + (c.numExperts ?? 0) * H; // routed experts + router
-  return bytesPerParam * (c.numLayers * (attn + mlp) + c.vocabSize * H);
+  const attn = 2 * (c.numHeads + c.numKvHeads) * c.headDim * H;
+  const mlp = 3 * c.intermediateSize * H * (c.numExpertsPerTok ?? 1) + (c.numExperts ?? 0) * H;
+  return attn + mlp;
 }
 
 /**
@@ -225,10 +230,7 @@ function decodeBytes(c: ModelConfig, bytesPerParam: number): number {
  * (a prefill computes logits for its last position only), attention left out (a few % at 512).
  */
 function prefillFlops(c: ModelConfig): number {
-  const H = c.hiddenSize;
-  const attn = 2 * (c.numHeads + c.numKvHeads) * c.headDim * H;
-  const mlp = 3 * c.intermediateSize * H * (c.numExpertsPerTok ?? 1) + (c.numExperts ?? 0) * H;
-  return 2 * c.numLayers * (attn + mlp);
+  return 2 * c.numLayers * layerWeightsPerToken(c);
 }
 
 /** Bytes of `files` in the page cache now, from util-linux `fincore`; null without it. */

@@ -9,7 +9,8 @@ import * as tf from '@tensorflow/tfjs-core';
 
 const f = Math.fround;
 
-function float32(t: tf.Tensor): Float32Array {
+/** A tensor's values as a Float32Array (the backend's own array when it is one). */
+export function float32(t: tf.Tensor): Float32Array {
   const a = t.dataSync();
   return a instanceof Float32Array ? a : Float32Array.from(a);
 }

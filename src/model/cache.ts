@@ -30,6 +30,7 @@
  * keeps every key (`FullCache`), one row per token.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { float32 } from '../kernels/fused.js';
 
 export interface CacheView {
   /** [kvHeads, keys, headDim] */
@@ -73,11 +74,6 @@ interface NewRows {
   readonly tokens: number;
   readonly k: Float32Array;
   readonly v: Float32Array;
-}
-
-function float32(t: tf.Tensor3D): Float32Array {
-  const a = t.dataSync();
-  return a instanceof Float32Array ? a : Float32Array.from(a);
 }
 
 /**

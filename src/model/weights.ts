@@ -19,7 +19,7 @@ import { DTYPE_BYTES, type WeightDType } from '../kernels/simd/matmul.js';
 import type { AttentionWeights } from './attention.js';
 import type { ModelConfig } from './config.js';
 import type { FeedForwardWeights } from './feedforward.js';
-import { halfToFloat } from '../io/safetensors.js';
+import { dtypeSize, halfToFloat } from '../io/safetensors.js';
 import type { TensorSource } from './layout.js';
 import { expectedTensors } from './schema.js';
 import type { MoeWeights } from './moe.js';
@@ -171,7 +171,7 @@ export class ModelWeights {
     }
     this.experts.set(prefix, bytes);
     stats.heldBytes += bytes;
-    const stored = (name: string) => this.src.shape(name)!.reduce((a, b) => a * b, 1) * (this.src.dtype(name) === 'F32' ? 4 : 2);
+    const stored = (name: string) => this.src.shape(name)!.reduce((a, b) => a * b, 1) * dtypeSize(this.src.dtype(name))!;
     stats.bytesRead += ['w1', 'w2', 'w3'].reduce((a, w) => a + stored(`${prefix}${w}.weight`), 0);
   }
 
@@ -264,7 +264,7 @@ export class ModelWeights {
   /** Reads (part of) a tensor as float32, counting the stored bytes read. */
   private read(name: string, start?: number, count?: number): Float32Array {
     const data = this.src.read(name, start, count);
-    this.bytesRead += data.length * (this.src.dtype(name) === 'F32' ? 4 : 2);
+    this.bytesRead += data.length * dtypeSize(this.src.dtype(name))!;
     return data;
   }
 

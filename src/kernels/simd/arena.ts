@@ -81,6 +81,19 @@ const PAGE = 65536;
 /** Pages of one memory: 4 GiB, the wasm32 limit. */
 export const MAX_PAGES = 65536;
 
+/** A shared memory of at least `bytes` (growable to 4 GiB) and a kernel instance over it. */
+export function kernelMemory(bytes: number): { memory: WasmMemory; kernels: KernelExports } {
+  const memory = new wasm.Memory({ initial: Math.max(1, Math.ceil(bytes / PAGE)), maximum: MAX_PAGES, shared: true });
+  return { memory, kernels: instantiate(memory) };
+}
+
+/** Grows `memory` so that bytes [0, end) exist. */
+export function growTo(memory: WasmMemory, end: number): void {
+  const pages = memory.buffer.byteLength / PAGE;
+  const need = Math.ceil(end / PAGE);
+  if (need > pages) memory.grow(need - pages);
+}
+
 /** Floats of activation scratch per arena: inputs, outputs, and four widened weight rows. */
 export const SCRATCH_X = 2 ** 21; // 8 MiB
 export const SCRATCH_Y = 2 ** 21;
@@ -97,6 +110,11 @@ export function defaultThreads(): number {
 
 /** Bytes of one thread's widen scratch: four rows of MAX_K floats. */
 const WIDEN_BYTES = 4 * 4 * MAX_K;
+
+/** Bytes at the start of every arena: activations in and out, and every core's widen scratch. */
+function scratchBytes(): number {
+  return 4 * (SCRATCH_X + SCRATCH_Y) + defaultThreads() * WIDEN_BYTES;
+}
 
 export class ArenaError extends Error {
   override readonly name = 'ArenaError';
@@ -115,13 +133,11 @@ export class Arena {
   constructor() {
     // Widen scratch for every core up front, so a thread pool of the default size never
     // has to find room in a full arena.
-    const scratchBytes = 4 * (SCRATCH_X + SCRATCH_Y) + defaultThreads() * WIDEN_BYTES;
-    this.memory = new wasm.Memory({ initial: Math.ceil(scratchBytes / PAGE), maximum: MAX_PAGES, shared: true });
-    this.kernels = instantiate(this.memory);
+    ({ memory: this.memory, kernels: this.kernels } = kernelMemory(scratchBytes()));
     this.x = 0;
     this.y = 4 * SCRATCH_X;
     for (let i = 0; i < defaultThreads(); i++) this.widen.push(this.y + 4 * SCRATCH_Y + i * WIDEN_BYTES);
-    this.top = scratchBytes;
+    this.top = scratchBytes();
   }
 
   /** Byte offset of thread i's widen scratch (reserved on first use past the default count). */
@@ -144,14 +160,10 @@ export class Arena {
     const start = Math.ceil(this.top / 64) * 64;
     const end = start + bytes;
     if (end > MAX_PAGES * PAGE) return null;
-    const pages = this.memory.buffer.byteLength / PAGE;
-    const need = Math.ceil(end / PAGE);
-    if (need > pages) {
-      try {
-        this.memory.grow(need - pages);
-      } catch (e) {
-        throw new ArenaError(`cannot grow kernel memory to ${(end / 2 ** 30).toFixed(2)} GiB: ${(e as Error).message}`);
-      }
+    try {
+      growTo(this.memory, end);
+    } catch (e) {
+      throw new ArenaError(`cannot grow kernel memory to ${(end / 2 ** 30).toFixed(2)} GiB: ${(e as Error).message}`);
     }
     this.top = end;
     return start;
@@ -178,7 +190,7 @@ export class WeightMemory {
   readonly arenas: Arena[] = [];
 
   alloc(bytes: number): Allocation {
-    if (bytes > MAX_PAGES * PAGE - 4 * (SCRATCH_X + SCRATCH_Y) - defaultThreads() * WIDEN_BYTES) {
+    if (bytes > MAX_PAGES * PAGE - scratchBytes()) {
       throw new ArenaError(`one tensor of ${(bytes / 2 ** 30).toFixed(2)} GiB does not fit in a 4 GiB wasm memory`);
     }
     const last = this.arenas.at(-1);

@@ -5,14 +5,8 @@
  * as model/attention.ts (which stays the reference, and runs whenever a hook asks for the
  * scores or the pattern); the mask rule is mask.ts's: 0 ≤ j ≤ i and i − W < j.
  */
-import { instantiate, type KernelExports, type WasmMemory } from './arena.js';
+import { growTo, kernelMemory, type KernelExports, type WasmMemory } from './arena.js';
 import { poolFor, runShare, type KernelJob, type KernelMemory } from './pool.js';
-
-const PAGE = 65536;
-
-interface WasmMemoryCtor {
-  new (d: { initial: number; maximum: number; shared: true }): WasmMemory;
-}
 
 /** A growable memory with its own kernel instance, carved up afresh for every call. */
 class Workspace implements KernelMemory {
@@ -35,11 +29,7 @@ class Workspace implements KernelMemory {
 
   /** Starts a call: every earlier region is free again. */
   reset(): void {
-    if (this.mem === null) {
-      const Memory = (globalThis as unknown as { WebAssembly: { Memory: WasmMemoryCtor } }).WebAssembly.Memory;
-      this.mem = new Memory({ initial: 16, maximum: 65536, shared: true });
-      this.instance = instantiate(this.mem);
-    }
+    if (this.mem === null) ({ memory: this.mem, kernels: this.instance } = kernelMemory(2 ** 20));
     this.top = 0;
   }
 
@@ -47,9 +37,7 @@ class Workspace implements KernelMemory {
   alloc(bytes: number): number {
     const start = Math.ceil(this.top / 64) * 64;
     this.top = start + bytes;
-    const pages = this.memory.buffer.byteLength / PAGE;
-    const need = Math.ceil(this.top / PAGE);
-    if (need > pages) this.memory.grow(need - pages);
+    growTo(this.memory, this.top);
     return start;
   }
 
