@@ -24,7 +24,8 @@ export const MODEL_OPTIONS = {
 export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (config.json + model.safetensors, or sharded
                          with model.safetensors.index.json) or native (params.json + consolidated.safetensors)
   --backend NAME         cpu (default, the readable reference), wasm (fast), tensorflow
-                         (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node)
+                         (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node),
+                         webgpu (Dawn: a GPU, or Mesa's software adapter; see mistral-ref backends)
   --weights MODE         auto (default: resident when the stored weights fit in free memory,
                          else stream), resident (every weight kept at its stored width, bf16 at
                          2 bytes, multiplied by the simd kernels; fastest), eager (every weight
@@ -45,8 +46,9 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
   await useBackend(name);
   const dir = required(values.model as string | undefined, '--model');
   const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
+  // On webgpu the products belong on the device: tfjs kernels over float32 tensors by default.
   const kernels = oneOf<KernelsName>(values.kernels as string | undefined, '--kernels', KERNELS,
-    mode === 'eager' || mode === 'stream' ? 'tfjs' : 'simd');
+    mode === 'eager' || mode === 'stream' || name === 'webgpu' ? 'tfjs' : 'simd');
   if (kernels === 'tfjs' && mode === 'resident') {
     throw new UsageError('--weights resident runs on the simd kernels; with --kernels tfjs use --weights eager or stream');
   }

@@ -13,7 +13,7 @@
  *   keeps one expert at a time): decode reuses a layer's favourite experts token after token.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { disposeLinear, linearBytes, makeLinear, storedLinear, type Linear, type StoredLinear } from '../kernels/linear.js';
+import { disposeLinear, gatherRows, keepLinear, linearBytes, makeLinear, rowBlocks, storedLinear, type Linear, type StoredLinear } from '../kernels/linear.js';
 import { WeightMemory } from '../kernels/simd/arena.js';
 import { DTYPE_BYTES, type WeightDType } from '../kernels/simd/matmul.js';
 import type { AttentionWeights } from './attention.js';
@@ -83,10 +83,7 @@ export class ModelWeights {
   embed(ids: readonly number[]): tf.Tensor2D {
     const H = this.config.hiddenSize;
     const name = 'model.embed_tokens.weight';
-    if (this.residency === 'eager') {
-      const table = this.tensor(name, [this.config.vocabSize, H]) as tf.Tensor2D;
-      return tf.tidy(() => tf.gather(table, tf.tensor1d(ids as number[], 'int32')));
-    }
+    if (this.residency === 'eager') return gatherRows(this.table(name, this.config.vocabSize, H), ids);
     if (this.residency === 'resident') {
       const { matrix } = this.linears.get(name) as StoredLinear;
       const rows = new Float32Array(ids.length * H);
@@ -205,7 +202,7 @@ export class ModelWeights {
   /** Eager mode: every tensor as a float32 tf tensor, now. */
   private loadEager(): void {
     const c = this.config;
-    this.tensor('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
+    this.table('model.embed_tokens.weight', c.vocabSize, c.hiddenSize);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layer(l);
       if (w.moe) for (let e = 0; e < w.moe.numExperts; e++) w.moe.expert(e);
@@ -261,6 +258,22 @@ export class ModelWeights {
     return t;
   }
 
+  /**
+   * A gather table as row blocks the backend can bind (one block but on webgpu with a table
+   * over its binding limit), held in `tensors` as `name`, `name#1`, `name#2`, …
+   */
+  private table(name: string, rows: number, cols: number): tf.Tensor2D[] {
+    const held = this.tensors.get(name);
+    if (held === undefined) {
+      const blocks = rowBlocks(this.read(name), rows, cols);
+      blocks.forEach((b, k) => this.tensors.set(k === 0 ? name : `${name}#${k}`, tf.keep(b)));
+      return blocks;
+    }
+    const blocks = [held as tf.Tensor2D];
+    for (let t; (t = this.tensors.get(`${name}#${blocks.length}`)) !== undefined;) blocks.push(t as tf.Tensor2D);
+    return blocks;
+  }
+
   /** Reads (part of) a tensor as float32, counting the stored bytes read. */
   private read(name: string, start?: number, count?: number): Float32Array {
     const data = this.src.read(name, start, count);
@@ -282,7 +295,7 @@ export class ModelWeights {
     if (l === undefined) {
       const shape = this.src.shape(name)!; // [out, in]
       l = makeLinear(this.read(name), shape[0]!, shape[1]!);
-      tf.keep(l.weight);
+      keepLinear(l);
       this.linears.set(name, l);
     }
     return l;
