@@ -170,7 +170,8 @@ async function main() {
       if (failed !== null) { const f = failed; failed = null; throw new Error(f); }
       if (m.op === 'kernel') {
         open();
-        const inputs = {};
+        // Some kernels (Concat, AddN, Pack) take their inputs as an array.
+        const inputs = Array.isArray(m.inputs) ? [] : {};
         for (const k in m.inputs) if (m.inputs[k] !== null) inputs[k] = get(m.inputs[k]);
         const out = tf.engine().runKernel(m.name, inputs, m.attrs);
         const outs = Array.isArray(out) ? out : [out];
@@ -284,8 +285,10 @@ export class WebGpuProxyBackend extends tf.KernelBackend {
 
   /** Forwards one kernel; returns its outputs' infos. Called by the kernels `startWebGpu` registers. */
   runKernel(name: string, inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap | undefined): tf.TensorInfo | tf.TensorInfo[] {
-    const ids: Record<string, number | null> = {};
-    for (const [k, t] of Object.entries(inputs)) ids[k] = t === undefined || t === null ? null : (t.dataId as DataId).id;
+    const id = (t: tf.TensorInfo | undefined | null) => (t === undefined || t === null ? null : (t.dataId as DataId).id);
+    // Some kernels (Concat, AddN, Pack) take their inputs as an array: keep it one.
+    const ids = Array.isArray(inputs) ? (inputs as tf.TensorInfo[]).map(id)
+      : Object.fromEntries(Object.entries(inputs).map(([k, t]) => [k, id(t)]));
     const r = this.ask({ op: 'kernel', name, inputs: ids, attrs: attrs ?? {} });
     const outs = (r.outputs as Array<{ id: number; shape: number[]; dtype: tf.DataType }>).map((o) => {
       this.refs.set(o.id, 1);
