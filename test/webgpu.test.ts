@@ -22,6 +22,7 @@ import { tempDir } from './helpers/safetensors-builder.js';
 
 const probe = await probeWebGpu();
 const missing = 'problem' in probe ? probe.problem.message : null;
+const adapter = 'info' in probe ? probe.info : null;
 if (missing !== null) {
   console.log(`webgpu tests SKIPPED: ${missing}. On a machine without a GPU, run scripts/setup-webgpu.sh as root.`);
 }
@@ -42,9 +43,8 @@ describe.skipIf(missing !== null)('webgpu backend', () => {
   it('names its adapter and limits', async () => {
     await useBackend('webgpu');
     expect(tf.getBackend()).toBe('webgpu');
-    const info = 'info' in probe ? probe.info : null;
-    expect(info).not.toBeNull();
-    expect(bindingLimitBytes()).toBe(info!.limits.maxStorageBufferBindingSize);
+    expect(adapter).not.toBeNull();
+    expect(bindingLimitBytes()).toBe(adapter!.limits.maxStorageBufferBindingSize);
   });
 
   it.each(GOLDEN_MODELS)('$model reproduces refs/$ref', async ({ model, ref }) => {
@@ -89,14 +89,14 @@ describe.skipIf(missing !== null)('webgpu backend', () => {
     expect(backends.find((b) => b.name === 'cpu')).toEqual({ name: 'cpu', available: true });
     const w = backends.find((b) => b.name === 'webgpu')!;
     expect(w.available).toBe(true);
-    expect(w.adapter.name).toBe(probe.info.device || probe.info.description);
-    expect(w.adapter.limits.maxStorageBufferBindingSize).toBe(probe.info.limits.maxStorageBufferBindingSize);
+    expect(w.adapter.name).toBe(adapter!.device || adapter!.description);
+    expect(w.adapter.limits).toEqual(adapter!.limits);
     const t = backends.find((b) => b.name === 'tensorflow')!;
     if (!t.available) expect(t.reason).toMatch(/^backend "tensorflow" needs an optional package/);
   });
 
   describe('weights over maxStorageBufferBindingSize', () => {
-    const limit = 'info' in probe ? probe.info.limits.maxStorageBufferBindingSize : 0;
+    const limit = adapter?.limits.maxStorageBufferBindingSize ?? 0;
     const cols = 256;
     const rows = Math.floor(limit / (4 * cols)) + 128; // just over the limit: two row blocks
     let data: Float32Array;

@@ -88,8 +88,9 @@ async function registerWebGpu(): Promise<void> {
   const { startWebGpu } = await import('./webgpu.js');
   const started = startWebGpu((message) => new WebGpuDeviceError(`the WebGPU device reported an error, so the result is not returned: ${message}`));
   if ('problem' in started) {
-    throw new BackendError(`backend "webgpu" is not available: ${started.problem.message}` +
-      (started.problem.kind === 'no-adapter' ? ' (on a machine without a GPU, run scripts/setup-webgpu.sh as root)' : ''));
+    const { kind, message } = started.problem;
+    throw new BackendError(kind === 'missing' ? message : `backend "webgpu" is not available: ${message}` +
+      (kind === 'no-adapter' ? ' (on a machine without a GPU, run scripts/setup-webgpu.sh as root)' : ''));
   }
   webgpu = started.backend;
   // Priority 0: registering must not make webgpu anyone's default backend.

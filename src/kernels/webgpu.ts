@@ -67,7 +67,7 @@ function text(e) { return String(e && e.message !== undefined ? e.message : e).s
 const ROUTES = [
   { route: 'default', flags: [], options: {} },
   { route: 'opengles', flags: ['backend=opengles'], options: { featureLevel: 'compatibility' } },
-];
+].filter((r) => !workerData.route || r.route === workerData.route);
 
 async function main() {
   let webgpu;
@@ -203,16 +203,22 @@ interface WorkerLink {
   readonly control: Int32Array;
 }
 
-/** Resolves the optional packages' entry points; names the ones missing. */
-function packagePaths(): { paths: { webgpu: string; backend: string; core: string } } | { problem: WebGpuProblem } {
-  const require = createRequire(import.meta.url);
-  const resolve = (spec: string): string | null => {
-    try {
-      return require.resolve(spec);
-    } catch {
-      return null;
-    }
-  };
+const require = createRequire(import.meta.url);
+
+function resolveInstalled(spec: string): string | null {
+  try {
+    return require.resolve(spec);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Resolves the optional packages' entry points; names the ones missing.
+ * @param resolve a package's entry file, or null when it is not installed
+ */
+export function packagePaths(resolve: (spec: string) => string | null = resolveInstalled):
+  { paths: { webgpu: string; backend: string; core: string } } | { problem: WebGpuProblem } {
   const webgpu = resolve('webgpu');
   const backend = resolve('@tensorflow/tfjs-backend-webgpu');
   const missing = [webgpu === null ? WEBGPU_PACKAGES[0] : null, backend === null ? WEBGPU_PACKAGES[1] : null].filter((p) => p !== null);
@@ -220,7 +226,7 @@ function packagePaths(): { paths: { webgpu: string; backend: string; core: strin
     return { problem: { kind: 'missing', message: `backend "webgpu" needs the optional package${missing.length > 1 ? 's' : ''} ` +
       `${missing.join(' and ')}: \`npm install ${missing.join(' ')}\`` } };
   }
-  return { paths: { webgpu: webgpu!, backend: backend!, core: require.resolve('@tensorflow/tfjs-core') } };
+  return { paths: { webgpu: webgpu!, backend: backend!, core: resolveInstalled('@tensorflow/tfjs-core')! } };
 }
 
 function startWorker(probeOnly: boolean): { link: WorkerLink } | { problem: WebGpuProblem } {
@@ -233,7 +239,8 @@ function startWorker(probeOnly: boolean): { link: WorkerLink } | { problem: WebG
   const control = new Int32Array(new SharedArrayBuffer(4));
   const worker = new Worker(WORKER_SOURCE, {
     eval: true,
-    workerData: { port: port2, control: control.buffer, paths: found.paths, probeOnly },
+    // MISTRAL_REF_WEBGPU_ROUTE=default|opengles tries that route only (to compare them, or to test).
+    workerData: { port: port2, control: control.buffer, paths: found.paths, probeOnly, route: process.env.MISTRAL_REF_WEBGPU_ROUTE ?? '' },
     transferList: [port2],
   });
   worker.unref();
