@@ -33,7 +33,7 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
                          forward reaches it, then freed)
   --kernels NAME         simd (default with auto/resident: the project's wasm SIMD kernels over
                          stored-width weights) or tfjs (tfjs ops over float32 tensors, the
-                         reference path; the default with --weights eager|stream)
+                         reference path; the default with --weights eager|stream, and on webgpu)
   --threads N            threads for the simd kernels (default: every core, here ${defaultThreads()})`;
 
 /**
