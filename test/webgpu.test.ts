@@ -14,7 +14,7 @@ import { Reference } from '../src/io/reference.js';
 import { checkParity } from '../src/inspect/parity.js';
 import { BackendError, bindingLimitBytes, useBackend, WebGpuDeviceError } from '../src/kernels/backend.js';
 import { linear, makeLinear, type Linear } from '../src/kernels/linear.js';
-import { probeWebGpu } from '../src/kernels/webgpu.js';
+import { probeWebGpu, WebGpuProxyBackend } from '../src/kernels/webgpu.js';
 import { Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
@@ -31,6 +31,9 @@ const required = process.env.MISTRAL_REF_REQUIRE_WEBGPU === '1';
 it.runIf(missing !== null && required)('a WebGPU adapter is available (MISTRAL_REF_REQUIRE_WEBGPU=1)', () => {
   expect.fail(`MISTRAL_REF_REQUIRE_WEBGPU=1 but ${missing}`);
 });
+
+/** Tensors alive in the webgpu worker. */
+const workerTensors = () => (tf.backend() as WebGpuProxyBackend).workerTensors();
 
 /** The golden README's rule. */
 const tolerance = (ref: Float32Array): number => 5e-5 + 1e-6 * ref.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
@@ -50,6 +53,7 @@ describe.skipIf(missing !== null)('webgpu backend', () => {
   it.each(GOLDEN_MODELS)('$model reproduces refs/$ref', async ({ model, ref }) => {
     await useBackend('webgpu');
     const before = tf.memory().numTensors;
+    const inWorker = workerTensors();
     const m = Transformer.load(modelDir(model), { weights: 'eager' });
     const r = Reference.open(refFile(ref));
     let report;
@@ -60,6 +64,9 @@ describe.skipIf(missing !== null)('webgpu backend', () => {
       r.close();
     }
     expect(tf.memory().numTensors).toBe(before);
+    // The device side frees as much: every tensor the worker holds is one this thread holds.
+    expect(workerTensors()).toEqual(inWorker);
+    expect(inWorker.held).toBe(inWorker.tensors);
     expect(report.failures).toEqual([]);
     expect(report.pass).toBe(true);
     for (const kind of ['logits', 'embeddings', 'layer_out', 'final_norm', 'step_logits', 'generated_ids']) {

@@ -180,6 +180,8 @@ async function main() {
         const values = await get(m.id).data();
         const err = (await close()) ?? pending;
         reply = err !== null ? { deviceError: err } : { values };
+      } else if (m.op === 'count') {
+        reply = { held: tensors.size, tensors: tf.memory().numTensors };
       } else if (m.op === 'sync') {
         const err = (await close()) ?? pending;
         reply = err !== null ? { deviceError: err } : {};
@@ -304,6 +306,14 @@ export class WebGpuProxyBackend extends tf.KernelBackend {
     return r.array ? outs : outs[0]!;
   }
 
+  /**
+   * Tensors alive in the worker, where the device memory is: `held` for this thread's
+   * tensors, `tensors` in the worker's tfjs engine. For leak checks.
+   */
+  workerTensors(): { held: number; tensors: number } {
+    return this.ask({ op: 'count' }) as unknown as { held: number; tensors: number };
+  }
+
   /** Waits for every kernel enqueued so far and throws what the device reported, if anything. */
   sync(): void {
     this.ask({ op: 'sync' });
@@ -327,8 +337,11 @@ export class WebGpuProxyBackend extends tf.KernelBackend {
     if (dtype === 'string' || dtype === 'complex64') throw new Error(`the webgpu backend here holds numeric tensors only, got ${dtype}`);
     const id = (dataId as DataId).id;
     this.refs.set(id, refCount);
-    // values may be null (an uninitialised tensor): the worker allocates zeros then.
-    this.link.port.postMessage({ op: 'write', id, values: values ?? new Float32Array(shape.reduce((a, b) => a * b, 1)), shape, dtype });
+    // values may be null (an uninitialised tensor): zeros then. A view of part of a buffer (a
+    // weight's row block) is copied: posting the view would clone its whole buffer.
+    let v = values ?? new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (ArrayBuffer.isView(v) && v.byteLength !== v.buffer.byteLength) v = (v as Float32Array).slice();
+    this.link.port.postMessage({ op: 'write', id, values: v, shape, dtype });
   }
 
   override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
