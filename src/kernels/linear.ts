@@ -148,13 +148,13 @@ export function gatherRows(blocks: readonly tf.Tensor2D[], ids: readonly number[
   const step = blocks[0]!.shape[0];
   const byBlock = blocks.map(() => [] as number[]); // positions in ids, per block
   ids.forEach((id, t) => byBlock[Math.floor(id / step)]!.push(t));
-  const order: number[] = []; // where each position's row lands in the concatenation
-  const back = new Int32Array(ids.length);
+  const back = new Int32Array(ids.length); // where each position's row lands in the concatenation
+  let next = 0;
   return tf.tidy(() => {
     const parts: tf.Tensor2D[] = [];
     byBlock.forEach((ts, b) => {
       if (ts.length === 0) return;
-      for (const t of ts) back[t] = order.push(t) - 1;
+      for (const t of ts) back[t] = next++;
       parts.push(tf.gather(blocks[b]!, tf.tensor1d(ts.map((t) => ids[t]! - b * step), 'int32')));
     });
     return tf.gather(tf.concat(parts, 0), tf.tensor1d(back, 'int32'));
