@@ -160,7 +160,14 @@ async function main() {
   port.on('message', async (m) => {
     if (m.op === 'write' || m.op === 'dispose') {
       try {
-        if (m.op === 'write') { open(); tensors.set(m.id, tf.tensor(m.values, m.shape, m.dtype)); }
+        if (m.op === 'write') {
+          open();
+          const t = tf.tensor(m.values, m.shape, m.dtype);
+          // Upload now, not at first use: tfjs-webgpu then drops its host copy, so loading a
+          // model does not hold every weight twice (host and device) until the first forward.
+          tf.backend().uploadToGPU(t.dataId);
+          tensors.set(m.id, t);
+        }
         else { const t = tensors.get(m.id); tensors.delete(m.id); if (t !== undefined) t.dispose(); }
       } catch (e) { failed ??= text(e); }
       return;
