@@ -73,6 +73,22 @@ describe.skipIf(missing !== null)('webgpu backend', () => {
     measured.push(`  ${model.padEnd(20)} ${d.logits!.toExponential(1)} / ${d.layer_out!.toExponential(1)} / ${d.step_logits!.toExponential(1)}`);
   });
 
+  it.each(['mistral-tiny-bf16', 'mixtral-tiny'])('%s reproduces its reference with --weights stream', async (model) => {
+    await useBackend('webgpu');
+    const before = tf.memory().numTensors;
+    const inWorker = workerTensors();
+    const m = Transformer.load(modelDir(model), { weights: 'stream', kernels: 'tfjs' });
+    const r = Reference.open(refFile(model));
+    try {
+      expectGoldenPass(checkParity(m, r), model);
+    } finally {
+      m.dispose();
+      r.close();
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    expect(workerTensors()).toEqual(inWorker);
+  });
+
   it('parity --backend webgpu passes through the CLI (exit 0, JSON)', async () => {
     const run = await runCli(['parity', '--model', modelDir('mixtral-tiny'), '--reference', refFile('mixtral-tiny'), '--backend', 'webgpu', '--json']);
     expect(run.stderr).toBe('');
