@@ -47,7 +47,7 @@ if [ -d node_modules/webgpu ] && [ -d node_modules/@tensorflow/tfjs-backend-webg
         process.exit(0);
       }
     }
-    console.error("setup-webgpu: no WebGPU adapter found");
+    console.error("setup-webgpu: no WebGPU adapter found (docs/webgpu.md lists the routes tried)");
     process.exit(1);
   ' 2> >(grep -v -e '^Warning: ' -e '^    at ' -e '^ - While' -e '^$' >&2)
 else
