@@ -15,8 +15,8 @@
  * internal) open over all work since the last read, and pops them at each read before it
  * answers; an error in them, or an uncaptured device error, or a lost device, makes that read
  * throw a WebGpuDeviceError instead of returning values. (A weight bound whole beyond
- * `maxStorageBufferBindingSize` is such an error: Dawn rejects the bind group and the kernel
- * would otherwise read zeros. `linear.ts` splits those weights by rows.)
+ * `maxStorageBufferBindingSize` is such an error: Dawn rejects the bind group, and without the
+ * scopes the read would return wrong numbers. `linear.ts` splits those weights by rows.)
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { createRequire } from 'node:module';
@@ -27,7 +27,7 @@ export const WEBGPU_PACKAGES = ['webgpu@0.6.2', '@tensorflow/tfjs-backend-webgpu
 
 /** What the worker found: the adapter (Dawn's name for it, the route that reached it) and its limits. */
 export interface WebGpuAdapterInfo {
-  /** `default` (Vulkan, Metal or D3D12: a real GPU, or Mesa ≥ 24's llvmpipe) or `opengles` (EGL, compatibility mode). */
+  /** `default` (Vulkan, Metal or D3D12: a real GPU, or Mesa 25's llvmpipe) or `opengles` (EGL, compatibility mode). */
   readonly route: 'default' | 'opengles';
   readonly vendor: string;
   readonly architecture: string;
@@ -42,7 +42,7 @@ export interface WebGpuAdapterInfo {
   };
 }
 
-/** A webgpu failure that is the environment's, not the caller's bug: missing package, no adapter. A BackendError subclass is made by backend.ts. */
+/** Why webgpu cannot start here: a package missing, no adapter, or the device failed to start (backend.ts makes it a BackendError). */
 export interface WebGpuProblem {
   readonly kind: 'missing' | 'no-adapter' | 'device';
   readonly message: string;
