@@ -26,9 +26,7 @@
 import { InputError } from '../model/errors.js';
 
 /** A schema the matcher cannot follow. */
-export class SchemaError extends InputError {
-  override readonly name = 'SchemaError';
-}
+export class SchemaError extends InputError {}
 
 export type SchemaNode =
   | { readonly kind: 'any' }
