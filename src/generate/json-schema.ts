@@ -14,7 +14,8 @@
  *
  * What is matched, and what is not (documented in docs/serve.md):
  * - types `object`, `array`, `string`, `number`, `integer`, `boolean`, `null`, lists of types,
- *   `enum`, `const`, `anyOf`, `properties` + `required`, `items`, `minItems`, `maxItems`;
+ *   `enum`, `const`, `anyOf`, `properties` + `required`, `items`, `minItems`, `maxItems`,
+ *   `minLength`, `maxLength`; numbers have at most MAX_DIGITS digits in each part;
  *   an object with `properties` takes those keys only, in the order written (a required key
  *   cannot be skipped); an object without them takes any keys (values of `additionalProperties`,
  *   or any JSON);
@@ -31,7 +32,7 @@ export class SchemaError extends InputError {}
 export type SchemaNode =
   | { readonly kind: 'any' }
   | { readonly kind: 'anyOf'; readonly options: readonly SchemaNode[] }
-  | { readonly kind: 'string' }
+  | { readonly kind: 'string'; readonly minLength: number; readonly maxLength: number }
   | { readonly kind: 'number'; readonly integer: boolean }
   /** Exact JSON texts: enum, const, true/false, null. */
   | { readonly kind: 'literals'; readonly texts: readonly string[] }
@@ -45,14 +46,18 @@ export type SchemaNode =
   | { readonly kind: 'array'; readonly items: SchemaNode; readonly minItems: number; readonly maxItems: number };
 
 const ANNOTATIONS = new Set(['title', 'description', 'default', 'examples', 'format', '$schema', '$id', '$comment', 'strict', 'name']);
-const HANDLED = new Set(['type', 'enum', 'const', 'anyOf', 'properties', 'required', 'additionalProperties', 'items', 'minItems', 'maxItems']);
+const HANDLED = new Set(['type', 'enum', 'const', 'anyOf', 'properties', 'required', 'additionalProperties', 'items', 'minItems', 'maxItems',
+  'minLength', 'maxLength']);
+/** Most digits a number's integer part, fraction or exponent may have (beyond float64's precision anyway). */
+export const MAX_DIGITS = 16;
 
 /** Any JSON value; built once, its containers refer back to it. */
 const ANY: SchemaNode = { kind: 'any' };
 const ANY_OBJECT: SchemaNode = { kind: 'object', properties: [], required: new Set(), additional: ANY };
 const ANY_ARRAY: SchemaNode = { kind: 'array', items: ANY, minItems: 0, maxItems: Infinity };
+const ANY_STRING: SchemaNode = { kind: 'string', minLength: 0, maxLength: Infinity };
 const ANY_OPTIONS: readonly SchemaNode[] = [
-  ANY_OBJECT, ANY_ARRAY, { kind: 'string' }, { kind: 'number', integer: false }, { kind: 'literals', texts: ['true', 'false', 'null'] },
+  ANY_OBJECT, ANY_ARRAY, ANY_STRING, { kind: 'number', integer: false }, { kind: 'literals', texts: ['true', 'false', 'null'] },
 ];
 
 const TYPES = ['object', 'array', 'string', 'number', 'integer', 'boolean', 'null'] as const;
@@ -92,20 +97,19 @@ export function compileSchema(schema: unknown, at = 'schema'): SchemaNode {
 
 function compileType(type: (typeof TYPES)[number], s: Record<string, unknown>, at: string): SchemaNode {
   switch (type) {
-    case 'string': return { kind: 'string' };
+    case 'string': {
+      const minLength = count(s, 'minLength', 0, at);
+      const maxLength = count(s, 'maxLength', Infinity, at);
+      if (maxLength < minLength) throw new SchemaError(`${at}: maxLength ${maxLength} is below minLength ${minLength}`);
+      return { kind: 'string', minLength, maxLength };
+    }
     case 'number': return { kind: 'number', integer: false };
     case 'integer': return { kind: 'number', integer: true };
     case 'boolean': return { kind: 'literals', texts: ['true', 'false'] };
     case 'null': return { kind: 'literals', texts: ['null'] };
     case 'array': {
-      const count = (k: 'minItems' | 'maxItems', fallback: number): number => {
-        const v = s[k];
-        if (v === undefined) return fallback;
-        if (!Number.isInteger(v) || (v as number) < 0) throw new SchemaError(`${at}.${k} must be an integer ≥ 0, got ${JSON.stringify(v)}`);
-        return v as number;
-      };
-      const minItems = count('minItems', 0);
-      const maxItems = count('maxItems', Infinity);
+      const minItems = count(s, 'minItems', 0, at);
+      const maxItems = count(s, 'maxItems', Infinity, at);
       if (maxItems < minItems) throw new SchemaError(`${at}: maxItems ${maxItems} is below minItems ${minItems}`);
       return { kind: 'array', items: s.items === undefined ? ANY : compileSchema(s.items, `${at}.items`), minItems, maxItems };
     }
@@ -126,16 +130,28 @@ function compileType(type: (typeof TYPES)[number], s: Record<string, unknown>, a
   }
 }
 
+/** A count keyword (minItems, maxLength, …): an integer ≥ 0. */
+function count(s: Record<string, unknown>, k: string, fallback: number, at: string): number {
+  const v = s[k];
+  if (v === undefined) return fallback;
+  if (!Number.isInteger(v) || (v as number) < 0) throw new SchemaError(`${at}.${k} must be an integer ≥ 0, got ${JSON.stringify(v)}`);
+  return v as number;
+}
+
 // ---------------------------------------------------------------------------------------
 // The matcher.
 
 type Frame =
   /** A value is expected; `space`: one leading space may come first (after ":" or ","); `lead`: any number may (the top). */
   | { readonly t: 'value'; readonly node: SchemaNode; readonly space: boolean; readonly lead?: boolean }
-  /** Inside a string, after its opening quote; `hex` = \u digits still due, `esc` = just read a backslash. */
-  | { readonly t: 'string'; readonly esc: boolean; readonly hex: number }
+  /**
+   * Inside a string, after its opening quote; `hex` = \u digits still due, `esc` = just read
+   * a backslash; `len` = characters so far (an escape counts one), held within [min, max].
+   */
+  | { readonly t: 'string'; readonly esc: boolean; readonly hex: number; readonly len: number; readonly min: number; readonly max: number }
   | { readonly t: 'literals'; readonly texts: readonly string[]; readonly typed: string }
-  | { readonly t: 'number'; readonly integer: boolean; readonly phase: NumberPhase }
+  /** `digits`: digits in the current part (integer, fraction or exponent), at most MAX_DIGITS. */
+  | { readonly t: 'number'; readonly integer: boolean; readonly phase: NumberPhase; readonly digits: number }
   | {
     readonly t: 'object';
     readonly node: Extract<SchemaNode, { kind: 'object' }>;
@@ -217,12 +233,12 @@ function feedStack(stack: Stack, c: string): Stack[] {
     case 'string': {
       if (top.hex > 0) return isHex(c) ? replace({ ...top, hex: top.hex - 1 }) : [];
       if (top.esc) {
-        if (c === 'u') return replace({ t: 'string', esc: false, hex: 4 });
-        return '"\\/bfnrt'.includes(c) ? replace({ t: 'string', esc: false, hex: 0 }) : [];
+        if (c === 'u') return replace({ ...top, esc: false, hex: 4 });
+        return '"\\/bfnrt'.includes(c) ? replace({ ...top, esc: false }) : [];
       }
-      if (c === '"') return [below];
-      if (c === '\\') return replace({ t: 'string', esc: true, hex: 0 });
-      return c < ' ' ? [] : [stack]; // control characters must be escaped
+      if (c === '"') return top.len >= top.min ? [below] : [];
+      if (c < ' ' || top.len >= top.max) return []; // control characters must be escaped
+      return replace({ ...top, len: top.len + 1, esc: c === '\\' });
     }
     case 'literals': {
       const typed = top.typed + c;
@@ -234,7 +250,8 @@ function feedStack(stack: Stack, c: string): Stack[] {
     }
     case 'number': {
       const phase = numberStep(top.phase, c, top.integer);
-      if (phase !== null) return replace({ ...top, phase });
+      const digits = phase === top.phase ? top.digits + 1 : isDigit(c) ? 1 : 0;
+      if (phase !== null && digits <= MAX_DIGITS) return replace({ ...top, phase, digits });
       return NUMBER_ENDS.has(top.phase) ? feedStack(below, c) : [];
     }
     case 'object':
@@ -261,16 +278,20 @@ function startValue(below: Stack, node: SchemaNode, c: string): Stack[] {
     case 'anyOf':
       return node.options.flatMap((o) => startValue(below, o, c));
     case 'string':
-      return c === '"' ? [[...below, { t: 'string', esc: false, hex: 0 }]] : [];
+      return c === '"' ? [[...below, openString(node.minLength, node.maxLength)]] : [];
     case 'literals':
       return feedStack([...below, { t: 'literals', texts: node.texts, typed: '' }], c);
     case 'number':
-      return feedStack([...below, { t: 'number', integer: node.integer, phase: 'start' }], c);
+      return feedStack([...below, { t: 'number', integer: node.integer, phase: 'start', digits: 0 }], c);
     case 'object':
       return c === '{' ? [[...below, { t: 'object', node, next: 0, phase: 'open', typed: '', value: null }]] : [];
     case 'array':
       return c === '[' ? [[...below, { t: 'array', node, count: 0, phase: 'open' }]] : [];
   }
+}
+
+function openString(min = 0, max = Infinity): Frame {
+  return { t: 'string', esc: false, hex: 0, len: 0, min, max };
 }
 
 function numberStep(p: NumberPhase, c: string, integer: boolean): NumberPhase | null {
@@ -315,7 +336,7 @@ function objectMayClose(f: ObjectFrame): boolean {
 function feedObject(below: Stack, f: ObjectFrame, c: string): Stack[] {
   const free = f.node.additional !== null; // any keys (an object without properties)
   const keyStart = (): Stack[] => {
-    if (free) return [[...below, { ...f, phase: 'colon', value: f.node.additional }, { t: 'string', esc: false, hex: 0 }]];
+    if (free) return [[...below, { ...f, phase: 'colon', value: f.node.additional }, openString()]];
     return nextKeys(f).length > 0 ? [[...below, { ...f, phase: 'key', typed: '' }]] : [];
   };
   switch (f.phase) {
