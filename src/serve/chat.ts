@@ -116,7 +116,7 @@ export function constraintFor(s: Served, body: ChatBody): TokenConstraint | unde
     const node: SchemaNode = {
       kind: 'array',
       minItems: 1,
-      maxItems: Infinity,
+      maxItems: body.parallelToolCalls ? Infinity : 1,
       items: {
         kind: 'anyOf',
         options: tools.map(([t, i]) => ({
@@ -229,7 +229,7 @@ export async function complete(s: Served, body: ChatBody, sink: CompletionSink):
   if (calling) {
     try {
       if (textMarker) {
-        const all = stream.text;
+        const all = tok.decode(generated);
         toolCalls = parseToolCalls(all.slice(all.indexOf(MARKER) + MARKER.length));
       } else {
         const out = tok.parseAssistant(generated);

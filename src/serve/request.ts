@@ -34,6 +34,8 @@ export interface ChatBody {
   readonly stop: string[];
   readonly stream: boolean;
   readonly responseFormat: ResponseFormat;
+  /** A forced call may be several calls (one unless the request says true). */
+  readonly parallelToolCalls: boolean;
 }
 
 export interface EmbeddingsBody {
@@ -43,9 +45,9 @@ export interface EmbeddingsBody {
 }
 
 const CHAT_FIELDS = new Set(['model', 'messages', 'tools', 'tool_choice', 'temperature', 'top_p', 'max_tokens', 'max_completion_tokens',
-  'random_seed', 'seed', 'stop', 'stream', 'response_format', 'n']);
+  'random_seed', 'seed', 'stop', 'stream', 'response_format', 'n', 'parallel_tool_calls']);
 /** Accepted and ignored: they change nothing a local reference server does. */
-const IGNORED = new Set(['safe_prompt', 'parallel_tool_calls', 'user', 'metadata', 'stream_options', 'prompt_mode', 'presence_penalty',
+const IGNORED = new Set(['safe_prompt', 'user', 'metadata', 'stream_options', 'prompt_mode', 'presence_penalty',
   'frequency_penalty', 'logprobs', 'store', 'service_tier', 'prompt_cache_key']);
 
 type Json = Record<string, unknown>;
@@ -66,6 +68,13 @@ function optionalNumber(body: Json, key: string, check: (n: number) => boolean, 
   const v = body[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw badField(key, `must be ${what}, got ${show(v)}`);
+  return v;
+}
+
+function booleanOf(body: Json, key: string): boolean | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw badField(key, `must be true or false, got ${show(v)}`);
   return v;
 }
 
@@ -201,7 +210,6 @@ export function parseChatBody(body: unknown): ChatBody {
   if (body.n !== undefined && body.n !== null && body.n !== 1) throw badField('n', `only 1 choice per request is supported, got ${show(body.n)}`);
   const seedKey = body.random_seed !== undefined && body.random_seed !== null ? 'random_seed' : 'seed';
   const maxKey = body.max_tokens !== undefined && body.max_tokens !== null ? 'max_tokens' : 'max_completion_tokens';
-  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw badField('stream', `must be true or false, got ${show(body.stream)}`);
   return {
     model: modelOf(body),
     messages: messagesOf(body.messages),
@@ -212,8 +220,9 @@ export function parseChatBody(body: unknown): ChatBody {
     maxTokens: optionalNumber(body, maxKey, (n) => Number.isInteger(n) && n >= 1, 'an integer ≥ 1'),
     seed: optionalNumber(body, seedKey, (n) => Number.isInteger(n) && n >= 0 && n < 2 ** 32, 'an integer in [0, 2^32)'),
     stop: stopOf(body.stop),
-    stream: body.stream === true,
+    stream: booleanOf(body, 'stream') ?? false,
     responseFormat: responseFormatOf(body.response_format),
+    parallelToolCalls: booleanOf(body, 'parallel_tool_calls') ?? false,
   };
 }
 
