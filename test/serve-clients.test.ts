@@ -211,6 +211,28 @@ describe('openai', () => {
     expect(argsMatch(calls[0]!.function!.arguments!)).toBe(true);
   });
 
+  it('stop strings end the answer before them, streamed or not', async () => {
+    const full = expected('[INST] 47+38= [/INST]', 20);
+    expect(full).toContain('9'); // (so that the stop string below is met)
+    const req = { model: 'mistral-demo', messages: [{ role: 'user' as const, content: '47+38=' }], max_tokens: 20, stop: ['9'] };
+    const r = await openai.chat.completions.create(req);
+    expect(r.choices[0]!.message.content).toBe(full.slice(0, full.indexOf('9')));
+    expect(r.choices[0]!.finish_reason).toBe('stop');
+    let text = '';
+    for await (const chunk of await openai.chat.completions.create({ ...req, stop: ['99'], stream: true })) text += chunk.choices[0]?.delta.content ?? '';
+    expect(text).toBe(full.slice(0, full.indexOf('99')));
+  });
+
+  it('a seed makes sampling repeatable: the library\'s draw from the same seed', async () => {
+    const req = { model: 'mistral-demo', messages: [{ role: 'developer' as const, content: 'x' }, { role: 'user' as const, content: 'hello>' }], max_tokens: 10, temperature: 1, seed: 7 };
+    const a = await openai.chat.completions.create(req);
+    const b = await openai.chat.completions.create(req);
+    expect(a.choices[0]!.message.content).toBe(b.choices[0]!.message.content);
+    const ids = [t.tok.bosId!, ...t.tok.encode('[INST] x\n\nhello> [/INST]')];
+    const lib = generateSync(t.model, ids, { maxNewTokens: 10, temperature: 1, seed: 7, stopIds: [t.tok.eosId!] }).map((x) => x.id);
+    expect(a.choices[0]!.message.content).toBe(t.tok.decode(lib));
+  });
+
   it('embeddings.create (base64 on the wire, as the client asks) equals the float vectors', async () => {
     const viaOpenai = await openai.embeddings.create({ model: 'mistral-demo', input: 'abc' });
     const viaMistral = await mistral.embeddings.create({ model: 'mistral-demo', inputs: 'abc' });

@@ -4,9 +4,11 @@
  * and `mistral-ref serve` itself: the start-up line and Ctrl-C → exit 130.
  */
 import { spawn } from 'node:child_process';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
+import { disposeResult } from '../src/model/transformer.js';
 import { ChatServer } from '../src/serve/server.js';
 import { modelDir, ROOT } from './helpers/fixtures.js';
 import { serveDemo } from './helpers/serve.js';
@@ -87,6 +89,38 @@ describe('bad requests', () => {
     expect(e.status).toBe(413);
     expect(e.message).toMatch(/^request body of \d+ bytes is over the limit of 4096 bytes$/);
     expect((await fetch(`${t.url}/v1/models`, { headers: auth })).status).toBe(200); // and the server goes on
+  });
+});
+
+describe('what else a client may send', () => {
+  it('a malformed HTTP request gets 400 and the server goes on', async () => {
+    const { port } = new URL(t.url);
+    const reply = await new Promise<string>((resolve, reject) => {
+      const s = net.connect(Number(port), '127.0.0.1', () => s.write('NOT HTTP AT ALL\r\n\r\n'));
+      let got = '';
+      s.on('data', (d) => { got += d; });
+      s.on('end', () => resolve(got));
+      s.on('error', reject);
+    });
+    expect(reply.startsWith('HTTP/1.1 400 Bad Request')).toBe(true);
+    expect((await fetch(`${t.url}/v1/models`, { headers: auth })).status).toBe(200);
+  });
+
+  it('--pooling last: the final normalised state of the </s> after the text', async () => {
+    const server = new ChatServer({ model: t.model, tok: t.tok, id: 'mistral-demo', maxTokens: 8 }, { port: 0, pooling: 'last' });
+    const url = await server.listen();
+    try {
+      const r = await fetch(`${url}/v1/embeddings`, { method: 'POST', body: JSON.stringify({ model: 'mistral-demo', input: 'abc' }) });
+      const body = await r.json() as { data: { embedding: number[] }[]; usage: { prompt_tokens: number } };
+      expect(body.usage.prompt_tokens).toBe(5); // <s> a b c </s>
+      const res = t.model.forward([1, ...t.tok.encode('abc'), 2], { hiddenStates: true });
+      const last = (res.finalNorm!.arraySync() as number[][])[4]!;
+      disposeResult(res);
+      const norm = Math.hypot(...last);
+      last.forEach((x, j) => expect(body.data[0]!.embedding[j]!).toBeCloseTo(x / norm, 6));
+    } finally {
+      await server.close();
+    }
   });
 });
 
