@@ -24,7 +24,7 @@ import { checkSamplingOptions, logProbability, sampleToken, SeededRandom, type S
 export { argmax, candidates, logProbability, sampleToken, SeededRandom, type SamplingOptions } from './sampling.js';
 export { defaultChunk, prefill } from './prefill.js';
 export { TextStream } from './text.js';
-export { jsonConstraint, JsonConstraint, pieceText, SchemaError, type TokenConstraint } from './constrain.js';
+export { compileSchema, jsonConstraint, JsonConstraint, pieceText, SchemaError, type TokenConstraint } from './constrain.js';
 
 /** Why generation ended; carried by the last token. */
 export type StopReason =

@@ -17,6 +17,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { InputError } from '../model/errors.js';
 import { complete, type Served } from './chat.js';
 import { embed, type Pooling } from './embeddings.js';
 import { ApiError } from './errors.js';
@@ -168,8 +169,7 @@ export class ChatServer {
     }
     if (path.startsWith('/v1/models/')) {
       expect('GET');
-      const id = decodeURIComponent(path.slice('/v1/models/'.length));
-      if (id !== this.served.id) throw new ApiError(404, `model ${JSON.stringify(id)} does not exist; this server serves ${JSON.stringify(this.served.id)}`, 'model', 'invalid_request_error', 'model_not_found');
+      this.checkModel(decodeURIComponent(path.slice('/v1/models/'.length)));
       return sendJson(res, 200, this.modelCard());
     }
     if (path === '/v1/chat/completions') {
@@ -280,7 +280,7 @@ export class ChatServer {
         try {
           e = embed(this.served.model, this.served.tok, text, this.opts.pooling ?? 'mean');
         } catch (err) {
-          if ((err as Error)?.name === 'InputError') throw new ApiError(400, `input[${index}]: ${(err as Error).message}`, `input[${index}]`);
+          if (err instanceof InputError) throw new ApiError(400, `input[${index}]: ${err.message}`, `input[${index}]`);
           throw err;
         }
         tokens += e.tokens;
