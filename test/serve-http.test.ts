@@ -80,6 +80,10 @@ describe('bad requests', () => {
     expect(await error(await post('/v1/chat/completions', chat({ model: 'gpt-4' }))))
       .toEqual({ status: 404, param: 'model', message: 'model "gpt-4" does not exist; this server serves "mistral-demo"' });
     expect((await error(await fetch(`${t.url}/v1/completions`, { headers: auth }))).status).toBe(404);
+    expect(await error(await fetch(`${t.url}/v1/models/other`, { headers: auth })))
+      .toEqual({ status: 404, param: 'model', message: 'model "other" does not exist; this server serves "mistral-demo"' });
+    const card = await (await fetch(`${t.url}/v1/models/mistral-demo`, { headers: auth })).json() as { id: string; object: string };
+    expect([card.id, card.object]).toEqual(['mistral-demo', 'model']);
     expect(await error(await fetch(`${t.url}/v1/chat/completions`, { headers: auth })))
       .toEqual({ status: 405, param: null, message: '/v1/chat/completions takes POST, got GET' });
   });
