@@ -136,7 +136,7 @@ export function constraintFor(s: Served, body: ChatBody): TokenConstraint | unde
   if (format.kind === 'json_object') return jsonConstraint(tok, { kind: 'object', properties: [], required: new Set(), additional: { kind: 'any' } }, base);
   if (format.kind === 'json_schema') return jsonConstraint(tok, schemaOf(format.schema, 'response_format.json_schema.schema'), base);
   const marker = tok.specialId(MARKER);
-  if (choice.kind === 'none' && marker !== undefined) return banned([marker]);
+  if (!toolsOn(body) && marker !== undefined) return banned([marker]); // no tools, or "none": no call
   return undefined;
 }
 
@@ -147,6 +147,11 @@ function schemaOf(schema: unknown, param: string): SchemaNode {
     if (e instanceof InputError) throw new ApiError(400, e.message, param);
     throw e;
   }
+}
+
+/** Whether the model may call tools in this request. */
+function toolsOn(body: ChatBody): boolean {
+  return body.tools.length > 0 && body.toolChoice.kind !== 'none';
 }
 
 /** A constraint that only forbids some ids (tool_choice "none": no [TOOL_CALLS]). */
@@ -170,8 +175,9 @@ export async function complete(s: Served, body: ChatBody, sink: CompletionSink):
   const ids = promptIds(s, body);
   const constraint = constraintFor(s, body);
   const maxNewTokens = Math.min(body.maxTokens ?? s.maxTokens, s.maxTokens);
-  const markerId = tok.specialId(MARKER);
-  const textMarker = markerId === undefined;
+  // Calls are looked for only when the request offers tools (and does not say "none").
+  const markerId = toolsOn(body) ? tok.specialId(MARKER) : undefined;
+  const textMarker = toolsOn(body) && markerId === undefined;
   const eos = tok.eosId !== null && tok.eosId < model.config.vocabSize ? [tok.eosId] : [];
   try {
     model.checkIds(ids); // a prompt the model cannot take is the request's fault: 400 before any output
