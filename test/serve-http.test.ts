@@ -168,7 +168,7 @@ describe('turns, cancelling and draining', () => {
 });
 
 describe('mistral-ref serve', () => {
-  it('prints the URL and the model, answers, and exits 130 on Ctrl-C', async () => {
+  it('prints the URL and the model, answers, and on Ctrl-C finishes what runs and exits 130', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/bin.ts'), 'serve', '--model', modelDir('mistral-demo'), '--port', '0', '--backend', 'cpu'],
       { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -181,9 +181,16 @@ describe('mistral-ref serve', () => {
     expect(m, out).not.toBeNull();
     const models = await (await fetch(`${m![1]}/v1/models`)).json() as { data: { id: string }[] };
     expect(models.data.map((d) => d.id)).toEqual(['mistral-demo']);
+    // Ctrl-C while a stream runs: it is finished, then the process exits.
+    const r = await fetch(`${m![1]}/v1/chat/completions`, { method: 'POST', body: JSON.stringify(chat({ max_tokens: 300, stream: true })) });
+    const reader = r.body!.getReader();
+    let stream = new TextDecoder().decode((await reader.read()).value);
     child.kill('SIGINT');
+    for (let c = await reader.read(); !c.done; c = await reader.read()) stream += new TextDecoder().decode(c.value);
+    expect(stream.endsWith('data: [DONE]\n\n')).toBe(true);
+    expect(stream).toContain('"usage":{"prompt_tokens":22,"completion_tokens":300,"total_tokens":322}');
     expect(await exited).toBe(130);
-    expect(err).toBe('mistral-ref serve: stopping; waiting for 0 request(s)\n');
+    expect(err).toBe('mistral-ref serve: stopping; waiting for 1 request(s)\n');
   });
 
   it('refuses bad options in one line, exit 2', async () => {
