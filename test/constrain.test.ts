@@ -137,6 +137,24 @@ describe('the JSON-schema matcher', () => {
     expect(complete(PERSON, '{"name": "A"')).toBe(false);
   });
 
+  it('anyOf of objects told apart only by a value: each option keeps its own schema', () => {
+    const calls = {
+      type: 'array', minItems: 1, maxItems: 1,
+      items: {
+        anyOf: [
+          { type: 'object', properties: { name: { const: 'a' }, arguments: { type: 'object', properties: { x: { type: 'integer' } }, required: ['x'] } }, required: ['name', 'arguments'] },
+          { type: 'object', properties: { name: { const: 'b' }, arguments: { type: 'object', properties: { y: { type: 'boolean' } }, required: ['y'] } }, required: ['name', 'arguments'] },
+        ],
+      },
+    };
+    expect(complete(calls, '[{"name": "a", "arguments": {"x": 1}}]')).toBe(true);
+    expect(complete(calls, '[{"name": "b", "arguments": {"y": true}}]')).toBe(true);
+    expect(alive(calls, '[{"name": "a", "arguments": {"y"')).toBe(false);
+    expect(alive(calls, '[{"name": "b", "arguments": {"y": 1')).toBe(false);
+    expect(alive(calls, '[{"name": "c"')).toBe(false);
+    expect(alive(calls, '[{"name": "a", "arguments": {"x": 1}},')).toBe(false); // maxItems 1
+  });
+
   it('refuses what it cannot follow, naming the place', () => {
     expect(() => compileSchema({ type: 'object', properties: { n: { type: 'string', pattern: '^a' } } }))
       .toThrow('schema.properties.n: the keyword "pattern" is not supported by constrained decoding');

@@ -183,6 +183,26 @@ describe('openai', () => {
     }
   });
 
+  it('with two tools, each call matches its own tool\'s parameters (the model\'s choice, then a named one)', async () => {
+    const other = { type: 'function' as const, function: { name: 'add', parameters: { type: 'object', properties: { a: { type: 'integer' }, b: { type: 'integer' } }, required: ['a', 'b'] } } };
+    const call = async (tool_choice: 'required' | { type: 'function'; function: { name: string } }) => {
+      const r = await openai.chat.completions.create({
+        model: 'mistral-demo', messages: [{ role: 'user', content: '47+38=' }], tools: [other, TOOL], tool_choice, max_tokens: 200,
+      });
+      const c = r.choices[0]!.message.tool_calls![0]!;
+      if (c.type !== 'function') throw new Error('not a function call');
+      return c.function;
+    };
+    const chosen = await call('required'); // greedy: the demo model goes for "g…"
+    expect(chosen.name).toBe('get_model_benchmark');
+    expect(argsMatch(chosen.arguments), chosen.arguments).toBe(true);
+    const add = await call({ type: 'function', function: { name: 'add' } });
+    expect(add.name).toBe('add');
+    const args = JSON.parse(add.arguments) as Record<string, unknown>;
+    expect(Object.keys(args)).toEqual(['a', 'b']);
+    expect(Number.isInteger(args.a) && Number.isInteger(args.b)).toBe(true);
+  });
+
   it('stream: true gives the unstreamed answer in chunks', async () => {
     const req = { model: 'mistral-demo', messages: [{ role: 'user' as const, content: 'abcde|' }], max_tokens: 8, seed: 3 };
     const whole = await openai.chat.completions.create(req);
