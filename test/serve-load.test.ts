@@ -1,7 +1,8 @@
 /**
  * A bounded load test: 200 chat completions, 16 at a time, against one server on the demo
  * model (4 running at once, the rest queued). None may be lost or refused, the tensors come
- * back to where they were, and RSS stays flat after a warm-up. The latency percentiles it
+ * back to where they were, and RSS stays flat after a warm-up. Before it: requests that run
+ * at once answer as they do alone. The latency percentiles it
  * prints are the figures quoted in docs/serve.md.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -30,6 +31,20 @@ async function one(i: number): Promise<number> {
 }
 
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+
+describe('requests that run at once', () => {
+  it('give the answers they give alone (each its own KV cache, tokens interleaved)', async () => {
+    const ask = async (p: string) => {
+      const r = await fetch(`${t.url}/v1/chat/completions`, { method: 'POST', body: JSON.stringify({ model: 'mistral-demo', messages: [{ role: 'user', content: p }], max_tokens: 24 }) });
+      return (await r.json() as { choices: { message: { content: string } }[] }).choices[0]!.message.content;
+    };
+    const prompts = ['47+38=', 'abcde|', 'hello>', '471+382=', 'a=3,k=9;k?', 'zyx>', '12+13=', 'qwert|'];
+    const alone: string[] = [];
+    for (const p of prompts) alone.push(await ask(p));
+    expect(new Set(alone).size).toBeGreaterThan(3); // (different answers, so a mix-up would show)
+    expect(await Promise.all(prompts.map(ask))).toEqual(alone);
+  });
+});
 
 describe('load', () => {
   it(`${REQUESTS} requests, ${CONCURRENCY} at a time: none lost, memory flat`, async () => {
