@@ -197,5 +197,8 @@ describe('mistral-ref serve', () => {
     const { runCli } = await import('./helpers/cli.js');
     const r = await runCli(['serve', '--model', modelDir('mistral-demo'), '--pooling', 'max']);
     expect(r).toEqual({ code: 2, stdout: '', stderr: 'mistral-ref serve: --pooling must be one of mean, last, got "max"\n' });
+    const { port } = new URL(t.url);
+    const taken = await runCli(['serve', '--model', modelDir('mistral-demo'), '--port', port]);
+    expect(taken).toEqual({ code: 2, stdout: '', stderr: `mistral-ref serve: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}\n` });
   });
 });
