@@ -222,7 +222,9 @@ export async function complete(s: Served, body: ChatBody, sink: CompletionSink):
       }
     }
   } catch (e) {
-    if (e instanceof InputError) throw new ApiError(400, e.message, 'messages');
+    // The prompt was checked above: what is left to fail is the constraint (a vocabulary without a piece it needs).
+    const param = body.toolChoice.kind === 'any' || body.toolChoice.kind === 'function' ? 'tool_choice' : body.responseFormat.kind !== 'text' ? 'response_format' : null;
+    if (e instanceof InputError) throw new ApiError(400, e.message, param);
     throw e;
   }
   if (!calling && stopReason !== 'stop-text') {
