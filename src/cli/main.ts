@@ -17,6 +17,7 @@ export const COMMANDS: Readonly<Record<string, string>> = {
   inspect: 'describe a checkpoint: layout, config, tensors, memory',
   synth: 'write a synthetic full-size checkpoint (Mistral 7B, Mixtral 8x7B shapes)',
   backends: 'which backends work here (for webgpu: the adapter and its limits)',
+  serve: 'a Mistral/OpenAI-compatible HTTP server: chat completions, tools, JSON, embeddings',
 };
 
 /** Each command lives in ./commands/<name>.ts and is loaded only when run. */
@@ -30,6 +31,7 @@ const LOADERS: Readonly<Record<string, () => Promise<Command>>> = {
   inspect: () => import('./commands/inspect.js'),
   synth: () => import('./commands/synth.js'),
   backends: () => import('./commands/backends.js'),
+  serve: () => import('./commands/serve.js'),
 };
 
 function help(): string {

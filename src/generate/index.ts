@@ -17,12 +17,14 @@ import { randomInt } from 'node:crypto';
 import type { ModelCache } from '../model/cache.js';
 import { InputError } from '../model/errors.js';
 import { disposeResult, type Transformer } from '../model/transformer.js';
+import type { TokenConstraint } from './constrain.js';
 import { defaultChunk, prefill } from './prefill.js';
 import { checkSamplingOptions, logProbability, sampleToken, SeededRandom, type SamplingOptions } from './sampling.js';
 
 export { argmax, candidates, logProbability, sampleToken, SeededRandom, type SamplingOptions } from './sampling.js';
 export { defaultChunk, prefill } from './prefill.js';
 export { TextStream } from './text.js';
+export { compileSchema, jsonConstraint, JsonConstraint, pieceText, SchemaError, type TokenConstraint } from './constrain.js';
 
 /** Why generation ended; carried by the last token. */
 export type StopReason =
@@ -51,6 +53,8 @@ export interface GenerateOptions extends SamplingOptions {
   readonly cache?: ModelCache;
   /** Attach each step's full row of logits to its token (parity checks, tools). */
   readonly returnLogits?: boolean;
+  /** Masks each step's logits before sampling (constrained decoding, e.g. a JSON schema; see constrain.ts). */
+  readonly constraint?: TokenConstraint;
 }
 
 export interface GeneratedToken {
@@ -113,7 +117,8 @@ export function* generateTokens(model: Transformer, promptIds: readonly number[]
     let logits = prefill(model, promptIds, cache, opts.prefillChunk ?? defaultChunk(model));
     if (maxNew === 0) return;
     for (let index = 0; ; index++) {
-      const id = sampleToken(logits, opts, rng);
+      const id = sampleToken(opts.constraint ? opts.constraint.mask(logits) : logits, opts, rng);
+      opts.constraint?.accept(id);
       pending = id;
       const stopReason: StopReason | undefined = eos.has(id) ? 'eos'
         : stopIds.has(id) ? 'stop'

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
-import { DEFAULT_MAX_NEW_TOKENS, generate, TextStream, type StopReason } from '../../generate/index.js';
-import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
+import * as fs from 'node:fs';
+import { DEFAULT_MAX_NEW_TOKENS, generate, jsonConstraint, TextStream, type StopReason } from '../../generate/index.js';
+import { loadTokenizer, type LoadedTokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse } from '../args.js';
 import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
@@ -27,6 +28,8 @@ ${MODEL_USAGE}
   --stop-ids LIST        also stop after any of these ids
   --ignore-eos           do not stop at the end-of-sequence id
   --chunk N              prompt tokens per prefill forward (default W, or the whole prompt)
+  --json-schema FILE     constrain the output to JSON matching this JSON Schema (needs the
+                         tokenizer; see docs/serve.md for the keywords it follows)
   --json                 print one JSON object at the end: prompt_ids, generated_ids, text (with
                          a tokenizer), stop_reason, seed, tokens_per_second, seconds, prefill_seconds,
                          prefill_tokens_per_second (prompt tokens / prefill_seconds) and
@@ -50,6 +53,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     'ignore-eos': { type: 'boolean' },
     chunk: { type: 'string' },
     json: { type: 'boolean' },
+    'json-schema': { type: 'string' },
   });
   const text = values.prompt as string | undefined;
   const idsArg = values.ids as string | undefined;
@@ -60,13 +64,18 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk as string, '--chunk', 0, { min: 1, integer: true });
   const json = values.json === true;
   const givenIds = idsArg === undefined ? null : idList(idsArg, '--ids');
+  const schemaFile = values['json-schema'] as string | undefined;
+  const schema = schemaFile === undefined ? undefined : readSchema(schemaFile);
 
   const model = await loadModelFromArgs(values, io);
   try {
     const dir = model.checkpoint.dir;
     const found = hasTokenizer(dir);
     if (text !== undefined && !found) throw new UsageError(`--prompt needs a tokenizer in ${dir} (${TOKENIZER_FILES}); give token ids with --ids`);
-    const tokenizer: Tokenizer | null = found ? await loadTokenizer(dir) : null;
+    if (schema !== undefined && !found) throw new UsageError(`--json-schema needs a tokenizer in ${dir} (${TOKENIZER_FILES})`);
+    const tokenizer: LoadedTokenizer | null = found ? await loadTokenizer(dir) : null;
+    const constraint = schema === undefined ? undefined
+      : jsonConstraint(tokenizer!, schema, { endIds: model.config.eosTokenIds, vocabLimit: model.config.vocabSize });
     const promptIds = givenIds ?? tokenizer!.encode(text!, { bos: true });
     const stream = tokenizer === null ? null : new TextStream((ids) => tokenizer.decode(ids), promptIds.slice(-1));
     const progress = new Progress(io, json);
@@ -76,7 +85,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     const t0 = performance.now();
     let prefillSeconds = 0;
     for await (const t of generate(model, promptIds, {
-      maxNewTokens, ...sampling, stopIds, stopAtEos: values['ignore-eos'] !== true, prefillChunk,
+      maxNewTokens, ...sampling, stopIds, stopAtEos: values['ignore-eos'] !== true, prefillChunk, ...(constraint ? { constraint } : {}),
     })) {
       if (t.index === 0) prefillSeconds = (performance.now() - t0) / 1000;
       generated.push(t.id);
@@ -144,5 +153,13 @@ class Progress {
   private show(line: string): void {
     this.io.stderr(`\r${line.padEnd(this.width)}`);
     this.width = line.length;
+  }
+}
+
+function readSchema(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`--json-schema ${file}: ${(e as Error).message.split('\n')[0]}`);
   }
 }
