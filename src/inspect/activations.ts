@@ -16,7 +16,7 @@
  * HookError, not a hook that silently never fires.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { HookError, type HookFn, type Hooks } from '../model/hooks.js';
+import { HookError, isOptIn, type HookFn, type Hooks } from '../model/hooks.js';
 import { disposeResult, type ForwardOptions, type ForwardResult, type Transformer } from '../model/transformer.js';
 import { checkHookNames } from './hookpoints.js';
 
@@ -96,21 +96,25 @@ export function runWithCache(model: Transformer, ids: readonly number[], opts: C
   // last one that runs, so the cache holds what the forward actually used.
   const star = user.get('*');
   const hooks = new Map<string, HookFn>();
-  hooks.set('*', (t, name) => {
-    const r = star?.(t, name);
-    if (!user.has(name)) capture(r ?? t, name);
+  // Opt-in points (hook_result, hook_scale) fire only when asked for by name.
+  const named = new Set([...user.keys(), ...(Array.isArray(wanted) ? (wanted as readonly string[]).filter(isOptIn) : [])]);
+  named.delete('*');
+  hooks.set('*', (t, name, ctx) => {
+    const r = star?.(t, name, ctx);
+    if (!named.has(name)) capture(r ?? t, name);
     return r;
   });
-  for (const [name, fn] of user) {
-    if (name === '*') continue;
-    hooks.set(name, (t, n) => {
-      const r = fn(t, n);
+  for (const name of named) {
+    const fn = user.get(name);
+    hooks.set(name, (t, n, ctx) => {
+      const r = fn?.(t, n, ctx);
       capture(r ?? t, n);
       return r;
     });
   }
+  const { names: _names, hooks: _hooks, ...forward } = opts;
   try {
-    return { result: model.forward(ids, { ...opts, hooks }), cache };
+    return { result: model.forward(ids, { ...forward, hooks }), cache };
   } catch (e) {
     cache.dispose();
     throw e;
