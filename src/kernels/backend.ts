@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
+import './gradients.js'; // tf.grad through a forward, on cpu and wasm
 import { createRequire } from 'node:module';
 
 export const BACKENDS = ['cpu', 'wasm', 'tensorflow'] as const;
