@@ -42,3 +42,7 @@ export * from './inspect/patching.js';
 export * from './inspect/patterns.js';
 export * from './inspect/routing.js';
 export { traceModel, writeTrace, type TraceReport } from './inspect/trace.js';
+export { attentionPicture, logitLensPicture, routerPicture, tokenLabel } from './inspect/pictures.js';
+export { heatmapSvg, svgToPng, type Heatmap, type Panel } from './inspect/svg.js';
+export { rmsNorm } from './model/rmsnorm.js';
+export * from './inspect/weights.js';

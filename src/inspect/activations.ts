@@ -18,6 +18,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { HookError, isOptIn, type HookFn, type Hooks } from '../model/hooks.js';
 import { disposeResult, type ForwardOptions, type ForwardResult, type Transformer } from '../model/transformer.js';
+import { generateTokens, type GeneratedToken, type GenerateOptions } from '../generate/index.js';
 import { checkHookNames } from './hookpoints.js';
 
 /** Captured activations by hook name. The caller owns them: call dispose(). */
@@ -132,6 +133,21 @@ export function runWithHooks(model: Transformer, ids: readonly number[],
   const map = toMap(hooks);
   checkHookNames(model.config, map.keys());
   return model.forward(ids, { ...opts, hooks: map });
+}
+
+/**
+ * Generation with hooks in every forward (prefill chunks and steps), names checked first.
+ * Each hook's context has the absolute positions of the tokens it sees:
+ *
+ *   // add a steering vector to layer 1's residual from position 5 on
+ *   generateWithHooks(model, ids, { 'blocks.1.hook_resid_pre': (t, _n, { positions }) =>
+ *     tf.tidy(() => tf.add(t, tf.mul(tf.tensor2d(positions.map((p) => [p >= 5 ? 1 : 0])), v))) });
+ */
+export function generateWithHooks(model: Transformer, ids: readonly number[], hooks: Hooks | Readonly<Record<string, HookFn>>,
+  opts: Omit<GenerateOptions, 'hooks'> = {}): Generator<GeneratedToken, void, undefined> {
+  const map = toMap(hooks);
+  checkHookNames(model.config, map.keys());
+  return generateTokens(model, ids, { ...opts, hooks: map });
 }
 
 export { disposeResult };
