@@ -76,3 +76,19 @@ export function weightMatrix(model: Transformer, name: WeightName, layer?: numbe
     }
   });
 }
+
+/**
+ * Rows of the unembedding for `ids`: [ids, hidden], i.e. columns of W_U, read alone (a 7B
+ * model's W_U is 500 MB; a logit difference needs two of its 32000 columns).
+ */
+export function unembedRows(model: Transformer, ids: readonly number[]): tf.Tensor2D {
+  const c = model.config;
+  ids.forEach((id) => {
+    if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new InputError(`token id ${id} is outside the vocabulary [0, ${c.vocabSize})`);
+  });
+  const src = tensorSource(model.checkpoint, c);
+  const name = c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const rows = new Float32Array(ids.length * c.hiddenSize);
+  ids.forEach((id, i) => rows.set(src.read(name, id * c.hiddenSize, c.hiddenSize), i * c.hiddenSize));
+  return tf.tensor2d(rows, [ids.length, c.hiddenSize]);
+}

@@ -7,6 +7,7 @@
  * gather, which the embedding and the mixture of experts use). Ours is a plain loop over
  * rows; test/gradients.test.ts checks it against the cpu backend's.
  */
+/// <reference path="../../node_modules/@tensorflow/tfjs-core/dist/public/chained_ops/register_all_chained_ops.d.ts" />
 import * as tf from '@tensorflow/tfjs-core';
 import './tfjs-gradients.generated.js';
 
