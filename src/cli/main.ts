@@ -16,6 +16,8 @@ export const COMMANDS: Readonly<Record<string, string>> = {
   trace: 'per-layer table and pictures (attention, routing, logit lens) for a prompt',
   inspect: 'describe a checkpoint: layout, config, tensors, memory',
   synth: 'write a synthetic full-size checkpoint (Mistral 7B, Mixtral 8x7B shapes)',
+  attribute: 'direct logit attribution of logit(A) − logit(B) by embedding, layer and head',
+  patch: 'activation patching sweep: which layer, position or head restores the clean answer',
 };
 
 /** Each command lives in ./commands/<name>.ts and is loaded only when run. */
@@ -28,6 +30,8 @@ const LOADERS: Readonly<Record<string, () => Promise<Command>>> = {
   trace: () => import('./commands/trace.js'),
   inspect: () => import('./commands/inspect.js'),
   synth: () => import('./commands/synth.js'),
+  attribute: () => import('./commands/attribute.js'),
+  patch: () => import('./commands/patch.js'),
 };
 
 function help(): string {
