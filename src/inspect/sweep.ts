@@ -95,7 +95,7 @@ export function patchSweep(model: Transformer, clean: readonly number[], corrupt
       }
     });
     const span = cleanMetric - corruptMetric;
-    const norm = (x: number) => (x - corruptMetric) / span;
+    const norm = (x: number) => (x === corruptMetric ? 0 : (x - corruptMetric) / span); // no -0 when span < 0
     const shape = (row: number[]) => (by === 'head_position'
       ? Array.from({ length: c.numHeads }, (_, h) => row.slice(h * T, (h + 1) * T)) : row);
     return {
