@@ -22,16 +22,23 @@ export type SweepHook = (typeof SWEEP_HOOKS)[number];
 export const SWEEP_BY = ['position', 'head', 'head_position'] as const;
 export type SweepBy = (typeof SWEEP_BY)[number];
 
-/** A number from a forward's logits, [tokens, vocab] (e.g. a logit difference). */
-export type Metric = (logits: tf.Tensor2D) => number;
+/**
+ * A scalar from a forward's logits, [tokens, vocab] (e.g. a logit difference), written
+ * with tfjs ops so that attribution patching can differentiate it.
+ */
+export type Metric = (logits: tf.Tensor2D) => tf.Scalar;
 
 /** logit(answer) − logit(wrong) at `position` (default the last). */
 export function logitDiffMetric(answer: number, wrong: number, position?: number): Metric {
-  return (logits) => {
-    const p = position ?? logits.shape[0] - 1;
-    const row = tf.tidy(() => tf.gather(logits, p).dataSync());
-    return row[answer]! - row[wrong]!;
-  };
+  return (logits) => tf.tidy(() => {
+    const row = tf.gather(logits, position ?? logits.shape[0] - 1); // [vocab]
+    return tf.sub(tf.gather(row, answer), tf.gather(row, wrong)) as tf.Scalar;
+  });
+}
+
+/** The metric's value as a number (its tensors freed). */
+export function metricValue(metric: Metric, logits: tf.Tensor2D): number {
+  return tf.tidy(() => metric(logits).dataSync()[0]!);
 }
 
 export interface SweepResult {
@@ -58,26 +65,17 @@ export function sweepHookName(hook: SweepHook, l: number): string {
 export function patchSweep(model: Transformer, clean: readonly number[], corrupt: readonly number[], metric: Metric,
   opts: { hook: SweepHook; by: SweepBy }): SweepResult {
   const { hook, by } = opts;
-  if (!SWEEP_HOOKS.includes(hook)) throw new InputError(`sweep hook must be one of ${SWEEP_HOOKS.join(', ')}, got ${JSON.stringify(hook)}`);
-  if (!SWEEP_BY.includes(by)) throw new InputError(`sweep by must be one of ${SWEEP_BY.join(', ')}, got ${JSON.stringify(by)}`);
-  if (by !== 'position' && hook !== 'z') throw new InputError(`a sweep by ${by} needs a hook with heads (z), got ${hook}`);
-  if (clean.length !== corrupt.length) {
-    throw new InputError(`clean and corrupted prompts must have equal lengths, got ${clean.length} and ${corrupt.length} tokens`);
-  }
+  checkSweep(clean, corrupt, hook, by);
   const c = model.config;
   const T = clean.length;
   const names = Array.from({ length: c.numLayers }, (_, l) => sweepHookName(hook, l));
   const cleanRun = runWithCache(model, clean, { names });
   try {
-    const cleanMetric = metric(cleanRun.result.logits);
+    const cleanMetric = metricValue(metric, cleanRun.result.logits);
     const corruptRun = model.forward(corrupt);
-    const corruptMetric = metric(corruptRun.logits);
+    const corruptMetric = metricValue(metric, corruptRun.logits);
     disposeResult(corruptRun);
-    // The pieces of one layer: [position], [head] or [head, position] index lists.
-    const pieces: Array<{ heads: number[] | null; positions: number[] | null }> =
-      by === 'position' ? Array.from({ length: T }, (_, p) => ({ heads: null, positions: [p] }))
-        : by === 'head' ? Array.from({ length: c.numHeads }, (_, h) => ({ heads: [h], positions: null }))
-          : Array.from({ length: c.numHeads * T }, (_, i) => ({ heads: [Math.floor(i / T)], positions: [i % T] }));
+    const pieces = sweepPieces(by, c.numHeads, T);
     const raw = names.map((name) => {
       const value = cleanRun.cache.get(name);
       const patch: HookFn = (t, n, ctx) => patchPiece(t, value, n, pieces[ctx.batch!]!);
@@ -85,7 +83,7 @@ export function patchSweep(model: Transformer, clean: readonly number[], corrupt
       try {
         return tf.unstack(batch.logits).map((row) => {
           try {
-            return metric(row as tf.Tensor2D);
+            return metricValue(metric, row as tf.Tensor2D);
           } finally {
             row.dispose();
           }
@@ -94,37 +92,72 @@ export function patchSweep(model: Transformer, clean: readonly number[], corrupt
         batch.logits.dispose();
       }
     });
-    const span = cleanMetric - corruptMetric;
-    const norm = (x: number) => (x === corruptMetric ? 0 : (x - corruptMetric) / span); // no -0 when span < 0
-    const shape = (row: number[]) => (by === 'head_position'
-      ? Array.from({ length: c.numHeads }, (_, h) => row.slice(h * T, (h + 1) * T)) : row);
-    return {
-      hook, by, clean: cleanMetric, corrupt: corruptMetric,
-      raw: raw.map(shape) as number[][] | number[][][],
-      grid: raw.map((row) => shape(row.map(norm))) as number[][] | number[][][],
-    };
+    return sweepResult(hook, by, cleanMetric, corruptMetric, raw, c.numHeads, T, corruptMetric);
   } finally {
     cleanRun.cache.dispose();
     disposeResult(cleanRun.result);
   }
 }
 
-/** `t` with the given heads and/or positions taken from `value` (null: every index of that axis). */
-function patchPiece(t: tf.Tensor, value: tf.Tensor, name: string, piece: { heads: number[] | null; positions: number[] | null }): tf.Tensor {
-  if (value.shape.some((d, i) => d !== t.shape[i])) throw new HookError(`patch for ${name} has shape [${value.shape}], the activation has [${t.shape}]`);
+/** Throws InputError unless the sweep makes sense. */
+export function checkSweep(clean: readonly number[], corrupt: readonly number[], hook: SweepHook, by: SweepBy): void {
+  if (!SWEEP_HOOKS.includes(hook)) throw new InputError(`sweep hook must be one of ${SWEEP_HOOKS.join(', ')}, got ${JSON.stringify(hook)}`);
+  if (!SWEEP_BY.includes(by)) throw new InputError(`sweep by must be one of ${SWEEP_BY.join(', ')}, got ${JSON.stringify(by)}`);
+  if (by !== 'position' && hook !== 'z') throw new InputError(`a sweep by ${by} needs a hook with heads (z), got ${hook}`);
+  if (clean.length !== corrupt.length) {
+    throw new InputError(`clean and corrupted prompts must have equal lengths, got ${clean.length} and ${corrupt.length} tokens`);
+  }
+}
+
+/** One patch: heads and/or positions (null: every index of that axis). */
+export interface Piece {
+  readonly heads: number[] | null;
+  readonly positions: number[] | null;
+}
+
+/** The pieces of one layer, in grid order: by position, by head, or head-major head × position. */
+export function sweepPieces(by: SweepBy, heads: number, T: number): Piece[] {
+  return by === 'position' ? Array.from({ length: T }, (_, p) => ({ heads: null, positions: [p] }))
+    : by === 'head' ? Array.from({ length: heads }, (_, h) => ({ heads: [h], positions: null }))
+      : Array.from({ length: heads * T }, (_, i) => ({ heads: [Math.floor(i / T)], positions: [i % T] }));
+}
+
+/**
+ * Shapes per-layer rows of piece values into a SweepResult; `zero` is the value that means
+ * "no effect" (the corrupted metric for a sweep, 0 for estimated differences).
+ */
+export function sweepResult(hook: SweepHook, by: SweepBy, clean: number, corrupt: number, raw: number[][],
+  heads: number, T: number, zero: number): SweepResult {
+  const span = clean - corrupt;
+  const norm = (x: number) => (x === zero ? 0 : (x - zero) / span); // no -0 when span < 0
+  const shape = (row: number[]) => (by === 'head_position' ? Array.from({ length: heads }, (_, h) => row.slice(h * T, (h + 1) * T)) : row);
+  return {
+    hook, by, clean, corrupt,
+    raw: raw.map(shape) as number[][] | number[][][],
+    grid: raw.map((row) => shape(row.map(norm))) as number[][] | number[][][],
+  };
+}
+
+/** True on the piece's heads and/or positions of a `name`-shaped activation (broadcastable bool). */
+export function pieceMask(shape: readonly number[], name: string, piece: Piece): tf.Tensor {
   return tf.tidy(() => {
     const mask = (axis: number, on: number[]) => {
-      const m = new Uint8Array(t.shape[axis]!);
+      const m = new Uint8Array(shape[axis]!);
       for (const i of on) m[i] = 1;
-      return tf.tensor(m, t.shape.map((d, a) => (a === axis ? d : 1)), 'bool');
+      return tf.tensor(m, shape.map((d, a) => (a === axis ? d : 1)), 'bool');
     };
     const parts = [
       ...(piece.positions ? [mask(tokenAxis(name), piece.positions)] : []),
       ...(piece.heads ? [mask(headAxis(name), piece.heads)] : []),
     ];
-    const where = parts.reduce((a, b) => tf.logicalAnd(a, b));
-    return tf.where(where, value, t);
+    return parts.reduce((a, b) => tf.logicalAnd(a, b));
   });
+}
+
+/** `t` with the piece taken from `value`. */
+export function patchPiece(t: tf.Tensor, value: tf.Tensor, name: string, piece: Piece): tf.Tensor {
+  if (value.shape.some((d, i) => d !== t.shape[i])) throw new HookError(`patch for ${name} has shape [${value.shape}], the activation has [${t.shape}]`);
+  return tf.tidy(() => tf.where(pieceMask(t.shape, name, piece), value, t));
 }
 
 /**

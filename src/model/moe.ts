@@ -75,7 +75,7 @@ export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook:
   // Hooks may overrule the router (force an expert, ablate one): read back what they return.
   const experts = hook(tf.tensor2d(chosen, [T, k], 'int32'), 'moe.hook_expert_indices').dataSync() as Int32Array;
   checkExperts(experts, T, k, E, hook.prefix);
-  const weights = hook(tf.tensor2d(mix, [T, k]), 'moe.hook_expert_weights'); // [tokens, k]
+  const weights = hook(mixingWeights(routerLogits, chosen, mix, k), 'moe.hook_expert_weights'); // [tokens, k]
   const weightData = weights.dataSync() as Float32Array;
 
   // The combine, as the math says it: for each expert in index order, run it on the tokens
@@ -102,6 +102,30 @@ export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook:
     out,
     routing: { logits: Float32Array.from(logits), experts: Int32Array.from(experts), weights: Float32Array.from(weightData), numExperts: E, k },
   };
+}
+
+/**
+ * The mixing weights as a tensor: the values routeToken computed (`mix`), with the gradient
+ * of the softmax over the chosen logits, so gradients reach the router (a constant tensor
+ * would cut them off). Softmax's backward: dx = p ⊙ (dy − Σ_j dy_j p_j).
+ *
+ * @param routerLogits [tokens, experts]
+ * @param chosen [tokens·k] the router's experts
+ */
+function mixingWeights(routerLogits: tf.Tensor2D, chosen: Int32Array, mix: Float32Array, k: number): tf.Tensor2D {
+  const [T, E] = routerLogits.shape;
+  const flat = Int32Array.from(chosen, (e, i) => Math.floor(i / k) * E + e);
+  const top = tf.reshape(tf.gather(tf.reshape(routerLogits, [T * E]), tf.tensor1d(flat, 'int32')), [T, k]); // [tokens, k]
+  // customGrad's declared type takes (...inputs | save); ours is (logits, save).
+  const softmaxOfTop = tf.customGrad(((_logits: tf.Tensor, save: tf.GradSaveFunc) => {
+    const p = tf.tensor2d(mix, [T, k]);
+    save([p]);
+    return {
+      value: p,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(saved[0]!, tf.sub(dy, tf.sum(tf.mul(dy, saved[0]!), -1, true))),
+    };
+  }) as unknown as tf.CustomGradientFunc<tf.Tensor2D>);
+  return softmaxOfTop(top) as tf.Tensor2D;
 }
 
 /** A replacement of hook_expert_indices must name k distinct experts per token. */
