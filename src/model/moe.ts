@@ -124,7 +124,7 @@ function mixingWeights(routerLogits: tf.Tensor2D, chosen: Int32Array, mix: Float
       value: p,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(saved[0]!, tf.sub(dy, tf.sum(tf.mul(dy, saved[0]!), -1, true))),
     };
-  }) as unknown as tf.CustomGradientFunc<tf.Tensor2D>);
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return softmaxOfTop(top) as tf.Tensor2D;
 }
 
