@@ -47,7 +47,7 @@ const experts: FeedForwardWeights[] = Array.from({ length: E }, () => ({
 }));
 const w: MoeWeights = { router: makeLinear(randn(E * H, 2 / Math.sqrt(H)), E, H), numExperts: E, expert: (e) => experts[e]! };
 
-const sparse = (x: tf.Tensor2D) => tf.tidy(() => mixtureOfExperts(x, w, K, NO_HOOKS).out);
+const sparse = (x: tf.Tensor2D) => tf.tidy(() => mixtureOfExperts(x, w, K, NO_HOOKS));
 
 /** Every expert on every token; unchosen experts get weight 0. */
 const dense = (x: tf.Tensor2D) => tf.tidy(() => {

@@ -6,7 +6,7 @@ import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
 import { feedForward } from './feedforward.js';
 import type { HookScope } from './hooks.js';
-import { mixtureOfExperts, type Routing } from './moe.js';
+import { mixtureOfExperts } from './moe.js';
 import { rmsNorm, rmsNormWithScale } from './rmsnorm.js';
 import type { RopeTables } from './rope.js';
 import type { LayerWeights } from './weights.js';
@@ -18,10 +18,10 @@ import type { LayerWeights } from './weights.js';
  *   out  = mid + ffn(rmsNorm(mid))        ffn = SwiGLU, or the mixture of experts (Mixtral)
  *
  * @param x [tokens, hidden], the residual stream
- * @returns the residual stream after the layer, and the routing for Mixtral layers
+ * @returns the residual stream after the layer
  */
 export function decoderBlock(x: tf.Tensor2D, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
-  positions: readonly number[], cache: LayerCache | null, hook: HookScope): { out: tf.Tensor2D; routing?: Routing } {
+  positions: readonly number[], cache: LayerCache | null, hook: HookScope): tf.Tensor2D {
   const norm = (t: tf.Tensor2D, weight: tf.Tensor1D, ln: 'ln1' | 'ln2') => hook(
     hook.wants(`${ln}.hook_scale`) ? rmsNormWithScale(t, weight, cfg.rmsNormEps, (s) => hook(s, `${ln}.hook_scale`))
       : (onSimdKernels(w.attn.q) ? rmsNormFused : rmsNorm)(t, weight, cfg.rmsNormEps),
@@ -31,8 +31,7 @@ export function decoderBlock(x: tf.Tensor2D, w: LayerWeights, cfg: ModelConfig, 
   const attnOut = hook(attention(attnIn, w.attn, cfg, rope, positions, cache, hook), 'hook_attn_out');
   const residMid = hook(tf.add<tf.Tensor2D>(residPre, attnOut), 'hook_resid_mid');
   const ffnIn = norm(residMid, w.postNorm, 'ln2');
-  const moe = w.moe !== undefined ? mixtureOfExperts(ffnIn, w.moe, cfg.numExpertsPerTok!, hook) : undefined;
-  const mlpOut = hook(moe?.out ?? feedForward(ffnIn, w.mlp!, hook), 'hook_mlp_out');
-  const out = hook(tf.add<tf.Tensor2D>(residMid, mlpOut), 'hook_resid_post');
-  return moe === undefined ? { out } : { out, routing: moe.routing };
+  const ffnOut = w.moe !== undefined ? mixtureOfExperts(ffnIn, w.moe, cfg.numExpertsPerTok!, hook) : feedForward(ffnIn, w.mlp!, hook);
+  const mlpOut = hook(ffnOut, 'hook_mlp_out');
+  return hook(tf.add<tf.Tensor2D>(residMid, mlpOut), 'hook_resid_post');
 }

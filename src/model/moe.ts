@@ -56,10 +56,9 @@ export function routeToken(logits: ArrayLike<number>, k: number): { experts: num
  * back into place. Experts no token chose are never touched (nor loaded, in stream mode).
  *
  * @param x [tokens, hidden], normalised
- * @returns [tokens, hidden] and the routing decisions
+ * @returns [tokens, hidden]; the routing decisions are the moe.hook_* points
  */
-export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook: HookScope):
-  { out: tf.Tensor2D; routing: Routing } {
+export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook: HookScope): tf.Tensor2D {
   const T = x.shape[0];
   const E = w.numExperts;
   const routerLogits = hook(linear(x, w.router), 'moe.hook_router_logits'); // [tokens, experts]
@@ -76,7 +75,6 @@ export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook:
   const experts = hook(tf.tensor2d(chosen, [T, k], 'int32'), 'moe.hook_expert_indices').dataSync() as Int32Array;
   checkExperts(experts, T, k, E, hook.prefix);
   const weights = hook(mixingWeights(routerLogits, chosen, mix, k), 'moe.hook_expert_weights'); // [tokens, k]
-  const weightData = weights.dataSync() as Float32Array;
 
   // The combine, as the math says it: for each expert in index order, run it on the tokens
   // routed to it and add its weighted output into their rows. Each token thus sums its k
@@ -98,10 +96,7 @@ export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook:
     const padded = tf.concat([ye, tf.zeros([1, x.shape[1]])], 0); // [routed + 1, hidden]
     out = tf.add(out, tf.gather(padded, tf.tensor1d(rowOf, 'int32')));
   }
-  return {
-    out,
-    routing: { logits: Float32Array.from(logits), experts: Int32Array.from(experts), weights: Float32Array.from(weightData), numExperts: E, k },
-  };
+  return out;
 }
 
 /**

@@ -14,7 +14,6 @@ import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js'
 import { InputError } from './errors.js';
 import { hookPoint, hookScope, type HookContext, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
-import type { Routing } from './moe.js';
 import { defaultExpertCacheBytes, type Residency } from './residency.js';
 import { rmsNorm, rmsNormWithScale } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
@@ -43,15 +42,14 @@ export interface LoadOptions {
 export interface ForwardOptions {
   /** Continue from this cache (positions start at cache.length); it is updated in place. */
   readonly cache?: ModelCache;
+  /** Read or replace intermediates (embeddings, layer outputs, routing, …: src/inspect/hookpoints.ts). */
   readonly hooks?: Hooks;
-  /** Also return embeddings, every layer's output and the final-norm output. */
-  readonly hiddenStates?: boolean;
   /** Compute logits for the last position only (generation). Default: every position. */
   readonly lastOnly?: boolean;
 }
 
 /** A forward over several equal-length prompts: one cache per row. */
-export interface BatchForwardOptions extends Omit<ForwardOptions, 'cache' | 'hiddenStates'> {
+export interface BatchForwardOptions extends Omit<ForwardOptions, 'cache'> {
   readonly caches?: readonly ModelCache[];
 }
 
@@ -60,7 +58,7 @@ export interface BatchForwardResult {
   readonly logits: tf.Tensor3D;
 }
 
-const FORWARD_OPTIONS = new Set(['cache', 'hooks', 'hiddenStates', 'lastOnly']);
+const FORWARD_OPTIONS = new Set(['cache', 'hooks', 'lastOnly']);
 const BATCH_OPTIONS = new Set(['caches', 'hooks', 'lastOnly']);
 
 function checkOptionNames(opts: object, known: ReadonlySet<string>, what: string): void {
@@ -68,20 +66,15 @@ function checkOptionNames(opts: object, known: ReadonlySet<string>, what: string
   if (bad !== undefined) throw new InputError(`unknown ${what} option ${JSON.stringify(bad)} (known: ${[...known].join(', ')})`);
 }
 
+/** The forward returns logits; every intermediate comes from hooks. */
 export interface ForwardResult {
   /** [tokens, vocab], or [1, vocab] with lastOnly. */
   readonly logits: tf.Tensor2D;
-  /** [tokens, hidden] each, with hiddenStates. */
-  readonly embeddings?: tf.Tensor2D;
-  readonly layerOutputs?: tf.Tensor2D[];
-  readonly finalNorm?: tf.Tensor2D;
-  /** Mixtral: the routing of every layer. */
-  readonly routing?: Routing[];
 }
 
-/** Disposes every tensor of a ForwardResult. */
+/** Disposes a ForwardResult's tensors. */
 export function disposeResult(r: ForwardResult): void {
-  tf.dispose([r.logits, ...(r.embeddings ? [r.embeddings] : []), ...(r.layerOutputs ?? []), ...(r.finalNorm ? [r.finalNorm] : [])]);
+  r.logits.dispose();
 }
 
 export class Transformer {
@@ -150,48 +143,31 @@ export class Transformer {
     const start = opts.cache?.length ?? 0;
     this.checkIds(ids, start);
     const positions = ids.map((_, t) => start + t);
-    const keep = opts.hiddenStates === true;
     const hooks = opts.hooks;
     const w = this.weights;
 
     const ctx: HookContext = { positions, ...(batchRow === undefined ? {} : { batch: batchRow }) };
-    const embeddings = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx)); // [tokens, hidden]
+    let x = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx)); // [tokens, hidden]
     const rope = ropeTables(positions, c.headDim, c.ropeTheta);
-    const layerOutputs: tf.Tensor2D[] = [];
-    const routing: Routing[] = [];
-    let x = embeddings;
     try {
       for (let l = 0; l < c.numLayers; l++) {
         const input = x;
-        x = tf.tidy(() => {
-          const r = decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`, ctx));
-          if (r.routing) routing.push(r.routing);
-          return r.out;
-        });
+        x = tf.tidy(() => decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`, ctx)));
         w.releaseLayer(l);
-        if (keep) layerOutputs.push(x);
-        else input.dispose();
+        input.dispose();
       }
-      const head = tf.tidy(() => {
+      const logits = tf.tidy(() => {
         const top = hookScope(hooks, '', ctx);
         const scaleHook = top.wants('ln_final.hook_scale') ? (s: tf.Tensor2D) => top(s, 'ln_final.hook_scale') : undefined;
         const normed = top(this.finalNorm(x, scaleHook), 'ln_final.hook_normalized');
         const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
-        const logits = top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
-        return keep ? { logits, finalNorm: normed } : { logits };
+        return top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
       });
       w.releaseHead();
       if (opts.cache) opts.cache.length += ids.length;
-      if (!keep) x.dispose();
-      return {
-        logits: head.logits,
-        ...(keep ? { embeddings, layerOutputs, finalNorm: head.finalNorm } : {}),
-        ...(routing.length > 0 ? { routing } : {}),
-      };
-    } catch (e) {
-      tf.dispose([x, ...layerOutputs, embeddings]);
-      throw e;
+      return { logits };
     } finally {
+      x.dispose();
       tf.dispose([rope.cos, rope.sin]);
     }
   }
