@@ -46,3 +46,6 @@ export { attentionPicture, logitLensPicture, routerPicture, tokenLabel } from '.
 export { heatmapSvg, svgToPng, type Heatmap, type Panel } from './inspect/svg.js';
 export { rmsNorm } from './model/rmsnorm.js';
 export * from './inspect/weights.js';
+export * from './inspect/attribution.js';
+export * from './inspect/sweep.js';
+export * from './inspect/gradients.js';
