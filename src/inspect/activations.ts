@@ -124,9 +124,8 @@ export function runWithCache(model: Transformer, ids: readonly number[], opts: C
 
 /**
  * Runs the model with hooks that may read or replace intermediates, given as an object
- * or a Map from hook name (or `*`) to function. A hook that returns a tensor it still
- * needs must return a clone: the forward disposes what it is given (the helpers in
- * ./patching.ts do this).
+ * or a Map from hook name (or `*`) to function. What a hook returns is cloned before
+ * use, so it may return a tensor it keeps (src/model/hooks.ts has the whole contract).
  */
 export function runWithHooks(model: Transformer, ids: readonly number[],
   hooks: Hooks | Readonly<Record<string, HookFn>>, opts: Omit<ForwardOptions, 'hooks'> = {}): ForwardResult {
