@@ -4,31 +4,17 @@
  * layout of patchSweep; the wasm UnsortedSegmentSum agrees with the cpu backend's.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { disposeResult, runWithCache } from '../src/inspect/activations.js';
 import { activationGradients, attributionPatch } from '../src/inspect/gradients.js';
 import { logitDiffMetric, metricValue, patchSweep } from '../src/inspect/sweep.js';
 import { useBackend } from '../src/kernels/backend.js';
 import { Transformer } from '../src/model/transformer.js';
-import { modelDir } from './helpers/fixtures.js';
+import { modelDir, withModel } from './helpers/fixtures.js';
 
 const CLEAN = [1, 269, 505, 717, 918, 977, 694];
 const CORRUPT = [1, 269, 505, 42, 918, 977, 694];
 const metric = logitDiffMetric(5, 9);
-
-let start = 0;
-afterEach(() => { expect(tf.memory().numTensors).toBe(start); });
-
-async function withModel(backend: 'cpu' | 'wasm', name: string, fn: (m: Transformer) => void): Promise<void> {
-  await useBackend(backend);
-  start = tf.memory().numTensors;
-  const m = Transformer.load(modelDir(name), { weights: 'eager' });
-  try {
-    fn(m);
-  } finally {
-    m.dispose();
-  }
-}
 
 /** The metric of CORRUPT with `name` moved by `delta`. */
 function metricAt(m: Transformer, name: string, delta: tf.Tensor): number {
@@ -47,7 +33,7 @@ describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
     ['mixtral-tiny', 'blocks.1.hook_resid_pre'],
     ['mixtral-tiny', 'blocks.2.hook_mlp_out'],
   ])('%s, %s: the gradient matches central finite differences', async (name, hook) => {
-    await withModel(backend, name, (m) => {
+    await withModel(name, { backend }, (m) => {
       const [g] = activationGradients(m, CORRUPT, metric, [hook]);
       // Directions: the clean − corrupt difference, and single elements (the largest gradients).
       const { result, cache } = runWithCache(m, CLEAN, { names: [hook] });
@@ -76,7 +62,7 @@ describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
 
 describe('attributionPatch', () => {
   it('is Σ gradient × (clean − corrupt) over each piece, in patchSweep\'s layout, and refuses the simd path', async () => {
-    await withModel('cpu', 'mistral-tiny', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu' }, (m) => {
       const est = attributionPatch(m, CLEAN, CORRUPT, metric, { hook: 'resid_pre', by: 'position' });
       const real = patchSweep(m, CLEAN, CORRUPT, metric, { hook: 'resid_pre', by: 'position' });
       expect([est.clean, est.corrupt]).toEqual([real.clean, real.corrupt]);
@@ -103,16 +89,29 @@ describe('attributionPatch', () => {
   });
 });
 
+describe.each(['cpu', 'wasm'] as const)('attributionPatch on %s', (backend) => {
+  it('mixtral-tiny: z by head_position estimates every cell; cells before the difference are 0', async () => {
+    await withModel('mixtral-tiny', { backend }, (m) => {
+      const est = attributionPatch(m, CLEAN, CORRUPT, metric, { hook: 'z', by: 'head_position' });
+      const g = est.grid as number[][][];
+      expect(g.map((l) => l.map((r) => r.length))).toEqual(Array(3).fill(Array(4).fill(7)));
+      for (const heads of g) for (const row of heads) for (let p = 0; p < 3; p++) expect(row[p]).toBe(0);
+      expect(g.flat(2).every(Number.isFinite)).toBe(true);
+      expect(g.flat(2).some((x) => x !== 0)).toBe(true);
+    });
+  });
+});
+
 describe('UnsortedSegmentSum on wasm', () => {
   it('equals the cpu backend\'s, ids outside the range dropped', async () => {
     const x = [[1, 2], [3, 4], [5, 6], [7, 8]];
     const ids = [2, 0, 2, -1];
     const run = () => tf.tidy(() => Array.from(tf.unsortedSegmentSum(tf.tensor2d(x), tf.tensor1d(ids, 'int32'), 3).dataSync()));
     await useBackend('cpu');
-    start = tf.memory().numTensors;
+    const before = tf.memory().numTensors;
     const cpu = run();
+    expect(tf.memory().numTensors).toBe(before);
     await useBackend('wasm');
-    start = tf.memory().numTensors;
     expect(run()).toEqual(cpu);
     expect(cpu).toEqual([3, 4, 0, 0, 6, 8]);
   });

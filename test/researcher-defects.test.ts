@@ -8,41 +8,28 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import * as api from '../src/index.js';
 import { generateWithHooks, runWithCache, runWithHooks } from '../src/inspect/activations.js';
 import { weightMatrix } from '../src/inspect/weights.js';
 import { generateSync } from '../src/generate/index.js';
-import { useBackend, type BackendName } from '../src/kernels/backend.js';
+import { useBackend } from '../src/kernels/backend.js';
 import { HookError } from '../src/model/hooks.js';
 import { InputError } from '../src/model/errors.js';
-import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { modelDir, ROOT } from './helpers/fixtures.js';
+import { disposeResult } from '../src/model/transformer.js';
+import { ROOT, withModel } from './helpers/fixtures.js';
 
 const IDS = [1, 269, 505, 717, 918, 977, 694, 348];
 const DEMO_IDS = [1, 24, 27, 21, 23, 28, 30, 25]; // the demo's vocabulary has 99 ids
 const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
 
-let start = 0;
 beforeAll(async () => { await useBackend('cpu'); });
-afterEach(() => { expect(tf.memory().numTensors).toBe(start); });
-
-async function withModel(name: string, backend: BackendName, weights: 'eager' | 'resident', fn: (m: Transformer) => void): Promise<void> {
-  await useBackend(backend);
-  start = tf.memory().numTensors;
-  const m = Transformer.load(modelDir(name), { weights });
-  try {
-    fn(m);
-  } finally {
-    m.dispose();
-  }
-}
 
 describe('defect 1: per-head work is the same on every backend', () => {
   for (const backend of ['cpu', 'wasm'] as const) {
     for (const weights of ['eager', 'resident'] as const) {
       it(`${backend}, ${weights}: each head's z times its W_O slice sums to attn_out, and hook_result is those products`, async () => {
-        await withModel('mistral-demo', backend, weights, (m) => {
+        await withModel('mistral-demo', { backend, weights }, (m) => {
           const c = m.config;
           const names = ['blocks.1.attn.hook_z', 'blocks.1.hook_attn_out', 'blocks.1.attn.hook_result'];
           const { result, cache } = runWithCache(m, DEMO_IDS, { names });
@@ -75,7 +62,7 @@ describe('defect 2: invalid expert indices are refused', () => {
       'blocks.0.moe.hook_expert_indices: token 0 is routed to [1,1], expected 2 distinct experts'],
   ];
   it.each(cases)('%s is a HookError', async (_what, make, message) => {
-    await withModel('mixtral-tiny', 'cpu', 'eager', (m) => {
+    await withModel('mixtral-tiny', { backend: 'cpu', weights: 'eager' }, (m) => {
       const run = () => runWithHooks(m, IDS, { 'blocks.0.moe.hook_expert_indices': (t) => make(t.shape[0]!) });
       expect(run).toThrow(HookError);
       expect(run).toThrow(message);
@@ -85,7 +72,7 @@ describe('defect 2: invalid expert indices are refused', () => {
 
 describe('defect 3: hooks cannot alias the forward', () => {
   it.each(['hook_embed', 'blocks.1.hook_resid_post', 'blocks.0.hook_attn_out'])('returning a cached %s as is, twice, leaves it intact', async (name) => {
-    await withModel('mistral-tiny', 'cpu', 'eager', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu', weights: 'eager' }, (m) => {
       const { result, cache } = runWithCache(m, IDS, { names: [name] });
       const kept = cache.get(name);
       const a = runWithHooks(m, IDS, { [name]: () => kept });
@@ -99,7 +86,7 @@ describe('defect 3: hooks cannot alias the forward', () => {
   });
 
   it('a replacement of another shape or dtype is a HookError naming both', async () => {
-    await withModel('mistral-tiny', 'cpu', 'eager', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu', weights: 'eager' }, (m) => {
       expect(() => runWithHooks(m, IDS, { 'blocks.0.hook_resid_mid': (t) => tf.zeros([1, t.shape[1]!]) }))
         .toThrow(`hook blocks.0.hook_resid_mid returned shape [1,64], expected [${IDS.length},64]`);
       expect(() => runWithHooks(m, IDS, { 'blocks.0.attn.hook_z': (t) => tf.zeros(t.shape, 'int32') }))
@@ -108,7 +95,7 @@ describe('defect 3: hooks cannot alias the forward', () => {
   });
 
   it('tensors a hook creates are freed with the forward unless tf.keep keeps them', async () => {
-    await withModel('mistral-tiny', 'cpu', 'eager', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu', weights: 'eager' }, (m) => {
       let freed: tf.Tensor | null = null;
       let kept: tf.Tensor | null = null;
       disposeResult(runWithHooks(m, IDS, {
@@ -130,7 +117,7 @@ describe('defect 4: the documented helpers are exported from the package root', 
 describe('defect 5: gradients through a forward', () => {
   for (const [backend, name] of [['cpu', 'mistral-tiny'], ['wasm', 'mistral-tiny'], ['wasm', 'mixtral-tiny']] as const) {
     it(`tf.grad through ${name} on ${backend} (chained ops, Sub, and gather's UnsortedSegmentSum on wasm)`, async () => {
-      await withModel(name, backend, 'eager', (m) => {
+      await withModel(name, { backend, weights: 'eager' }, (m) => {
         const delta = tf.zeros([IDS.length, m.config.hiddenSize]);
         const g = tf.grad((d: tf.Tensor) => {
           const r = m.forward(IDS, { hooks: new Map([['blocks.1.hook_resid_pre', (t: tf.Tensor) => tf.add(t, d)]]) });
@@ -162,7 +149,7 @@ describe('defect 6: a script error under wasm is reported as node reports it', (
 
 describe('defect 7: generate takes hooks; forward takes batches', () => {
   it('hooks run in every forward of generation and see absolute positions', async () => {
-    await withModel('mistral-demo', 'cpu', 'eager', (m) => {
+    await withModel('mistral-demo', { backend: 'cpu', weights: 'eager' }, (m) => {
       const prompt = [1, 24, 27, 21, 23, 28, 30];
       const seen: number[][] = [];
       const plain = generateSync(m, prompt, { maxNewTokens: 4, stopAtEos: false }).map((t) => t.id);
@@ -176,7 +163,7 @@ describe('defect 7: generate takes hooks; forward takes batches', () => {
   });
 
   it('unknown generate and forward options are InputErrors', async () => {
-    await withModel('mistral-tiny', 'cpu', 'eager', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu', weights: 'eager' }, (m) => {
       expect(() => generateSync(m, IDS, { hoks: new Map() } as never)).toThrow(InputError);
       expect(() => generateSync(m, IDS, { hoks: new Map() } as never)).toThrow('unknown generate option "hoks"');
       expect(() => m.forward(IDS, { hiddenState: true } as never)).toThrow('unknown forward option "hiddenState"');
@@ -184,7 +171,7 @@ describe('defect 7: generate takes hooks; forward takes batches', () => {
   });
 
   it('forward([a, b]) gives each prompt its own logits, bit for bit', async () => {
-    await withModel('mistral-tiny', 'cpu', 'eager', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu', weights: 'eager' }, (m) => {
       const other = [1, 42, 17, 99, 500, 3, 640, 811];
       const batch = m.forward([IDS, other]);
       expect(batch.logits.shape).toEqual([2, IDS.length, m.config.vocabSize]);
@@ -197,6 +184,21 @@ describe('defect 7: generate takes hooks; forward takes batches', () => {
       });
       [a, b].forEach(disposeResult);
       batch.logits.dispose();
+      // With a cache per row: a batched prefill, then a batched step, equal to each row alone.
+      const caches = [m.createCache(), m.createCache()];
+      const solo = [m.createCache(), m.createCache()];
+      tf.dispose(m.forward([IDS.slice(0, 6), other.slice(0, 6)], { caches }).logits);
+      const step = m.forward([IDS.slice(6), other.slice(6)], { caches, lastOnly: true });
+      expect(step.logits.shape).toEqual([2, 1, m.config.vocabSize]);
+      [IDS, other].forEach((ids, b) => {
+        disposeResult(m.forward(ids.slice(0, 6), { cache: solo[b]! }));
+        const one = m.forward(ids.slice(6), { cache: solo[b]!, lastOnly: true });
+        expect(tf.tidy(() => maxDiff(tf.gather(step.logits, b), one.logits))).toBe(0);
+        disposeResult(one);
+      });
+      step.logits.dispose();
+      [...caches, ...solo].forEach((c) => c.dispose());
+      expect(() => m.forward([IDS, other], { caches: [caches[0]!] })).toThrow('1 caches for a batch of 2 prompts: give one cache per row');
       expect(() => m.forward([IDS, other.slice(1)])).toThrow('batch row 1 has 7 tokens, row 0 has 8: a batch needs equal-length prompts');
       expect(() => m.forward([IDS, 5] as never)).toThrow('ids[0] is an array');
     });

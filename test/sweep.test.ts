@@ -5,13 +5,11 @@
  * say; nothing leaks.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { disposeResult, runWithCache, runWithHooks } from '../src/inspect/activations.js';
 import { replaceWith } from '../src/inspect/patching.js';
 import { logitDiffMetric, meanAblate, patchHead, patchSweep, sweepPicture } from '../src/inspect/sweep.js';
-import { useBackend } from '../src/kernels/backend.js';
-import { Transformer } from '../src/model/transformer.js';
-import { modelDir } from './helpers/fixtures.js';
+import { withModel } from './helpers/fixtures.js';
 
 const PAIRS: Record<string, { clean: number[]; corrupt: number[]; at: number; answer: number; wrong: number }> = {
   // <s>47+38= vs <s>47+39=: the demo answers 85 vs 86
@@ -20,23 +18,9 @@ const PAIRS: Record<string, { clean: number[]; corrupt: number[]; at: number; an
   'mistral-tiny': { clean: [1, 269, 505, 717, 918, 977, 694], corrupt: [1, 269, 505, 42, 918, 977, 694], at: 3, answer: 5, wrong: 9 },
 };
 
-let start = 0;
-afterEach(() => { expect(tf.memory().numTensors).toBe(start); });
-
-async function withModel(backend: 'cpu' | 'wasm', name: string, fn: (m: Transformer) => void, weights: 'eager' | 'resident' = 'eager'): Promise<void> {
-  await useBackend(backend);
-  start = tf.memory().numTensors;
-  const m = Transformer.load(modelDir(name), { weights });
-  try {
-    fn(m);
-  } finally {
-    m.dispose();
-  }
-}
-
 describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
   it.each(['mistral-demo', 'mixtral-tiny'])('%s: a resid_pre sweep by position gives 1 where the prompts differ and 0 elsewhere in layer 0', async (name) => {
-    await withModel(backend, name, (m) => {
+    await withModel(name, { backend }, (m) => {
       const p = PAIRS[name]!;
       const r = patchSweep(m, p.clean, p.corrupt, logitDiffMetric(p.answer, p.wrong), { hook: 'resid_pre', by: 'position' });
       expect(r.clean).not.toBeCloseTo(r.corrupt, 3);
@@ -52,7 +36,7 @@ describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
 
 describe('grids by head and head × position', () => {
   it('z sweeps: [layer][head] and [layer][head][position]; heads are untouched before the difference', async () => {
-    await withModel('cpu', 'mistral-tiny', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu' }, (m) => {
       const p = PAIRS['mistral-tiny']!;
       const c = m.config;
       const metric = logitDiffMetric(p.answer, p.wrong);
@@ -75,7 +59,7 @@ describe('grids by head and head × position', () => {
   });
 
   it('bad sweeps are InputErrors', async () => {
-    await withModel('cpu', 'mistral-tiny', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu' }, (m) => {
       const p = PAIRS['mistral-tiny']!;
       const metric = logitDiffMetric(p.answer, p.wrong);
       expect(() => patchSweep(m, p.clean, p.corrupt, metric, { hook: 'resid_pre', by: 'head' })).toThrow('a sweep by head needs a hook with heads (z), got resid_pre');
@@ -86,7 +70,7 @@ describe('grids by head and head × position', () => {
 
 describe('meanAblate and patchHead', () => {
   it('meanAblate replaces every token with the mean over the reference prompts', async () => {
-    await withModel('cpu', 'mistral-tiny', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu' }, (m) => {
       const p = PAIRS['mistral-tiny']!;
       const name = 'blocks.1.hook_resid_pre';
       const ablate = meanAblate(m, [p.clean, p.corrupt], name);
@@ -105,7 +89,7 @@ describe('meanAblate and patchHead', () => {
   });
 
   it('patchHead puts one head of the clean run into the corrupted run', async () => {
-    await withModel('cpu', 'mistral-tiny', (m) => {
+    await withModel('mistral-tiny', { backend: 'cpu' }, (m) => {
       const p = PAIRS['mistral-tiny']!;
       const name = 'blocks.2.attn.hook_z';
       const clean = runWithCache(m, p.clean, { names: [name] });
