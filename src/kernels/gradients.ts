@@ -7,8 +7,9 @@
  * gather, which the embedding and the mixture of experts use). Ours is a plain loop over
  * rows; test/gradients.test.ts checks it against the cpu backend's.
  */
-/// <reference path="../../node_modules/@tensorflow/tfjs-core/dist/public/chained_ops/register_all_chained_ops.d.ts" />
 import * as tf from '@tensorflow/tfjs-core';
+// Types only: the declarations of the chained ops (tensor.gather(…)) the bundle registers.
+import type {} from '@tensorflow/tfjs-core/dist/public/chained_ops/register_all_chained_ops.js';
 import './tfjs-gradients.generated.js';
 
 interface WasmBackendLike extends tf.KernelBackend {
