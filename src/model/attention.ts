@@ -15,14 +15,17 @@ export interface AttentionWeights {
   readonly o: Linear; // [hidden, heads·headDim]
 }
 
+// Ranks are typed one way: every reshape names its rank (tf.reshape<tf.Rank.R3>), and the
+// three moves between layouts have names.
+
 /** [tokens, heads·headDim] → [tokens, heads, headDim] */
 export function splitHeads(x: tf.Tensor2D, heads: number): tf.Tensor3D {
-  return tf.reshape(x, [x.shape[0], heads, x.shape[1] / heads]);
+  return tf.reshape<tf.Rank.R3>(x, [x.shape[0], heads, x.shape[1] / heads]);
 }
 
 /** [tokens, heads, headDim] → [tokens, heads·headDim] */
 export function mergeHeads(x: tf.Tensor3D): tf.Tensor2D {
-  return tf.reshape(x, [x.shape[0], x.shape[1] * x.shape[2]]);
+  return tf.reshape<tf.Rank.R2>(x, [x.shape[0], x.shape[1] * x.shape[2]]);
 }
 
 /** [a, b, c] → [b, a, c]: tokens-first to heads-first and back. */
@@ -81,14 +84,14 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   const S = seen.positions.length;
 
   // [heads, tokens, headDim] → [kvHeads, group·tokens, headDim]: a group's queries side by side.
-  const qGrouped = tf.reshape(swap01(qRot), [KV, group * T, D]);
+  const qGrouped = tf.reshape<tf.Rank.R3>(swap01(qRot), [KV, group * T, D]);
   const rawScores = tf.div(tf.matMul(qGrouped, seen.k, false, true), Math.sqrt(D)); // [kvHeads, group·tokens, keys]
   const bias = tf.tensor2d(maskBias(positions, seen.positions, cfg.slidingWindow), [T, S]);
-  const scores = hook(tf.add<tf.Tensor3D>(tf.reshape(rawScores, [H, T, S]), bias), 'attn.hook_attn_scores'); // [heads, tokens, keys]
+  const scores = hook(tf.add<tf.Tensor3D>(tf.reshape<tf.Rank.R3>(rawScores, [H, T, S]), bias), 'attn.hook_attn_scores'); // [heads, tokens, keys]
   const pattern = hook(tf.softmax<tf.Tensor3D>(scores), 'attn.hook_pattern'); // softmax over keys
 
-  const mixed = tf.matMul(tf.reshape(pattern, [KV, group * T, S]), seen.v); // [kvHeads, group·tokens, headDim]
-  const z = hook(swap01(tf.reshape(mixed, [H, T, D])), 'attn.hook_z'); // [tokens, heads, headDim]
+  const mixed = tf.matMul(tf.reshape<tf.Rank.R3>(pattern, [KV, group * T, S]), seen.v); // [kvHeads, group·tokens, headDim]
+  const z = hook(swap01(tf.reshape<tf.Rank.R3>(mixed, [H, T, D])), 'attn.hook_z'); // [tokens, heads, headDim]
   return project(z, w.o, hook);
 }
 
@@ -104,7 +107,7 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
 function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
   if (!hook.wants('attn.hook_result')) return linear(mergeHeads(z), o);
   const [T, H, D] = z.shape;
-  const own = tf.reshape(tf.eye(H), [H, 1, H, 1]); // head h keeps only its own slice
+  const own = tf.reshape<tf.Rank.R4>(tf.eye(H), [H, 1, H, 1]); // head h keeps only its own slice
   const perHead = tf.reshape<tf.Rank.R2>(tf.mul(tf.expandDims(z, 0), own), [H * T, H * D]); // [heads·tokens, heads·headDim]
   const byHead = tf.reshape<tf.Rank.R3>(linear(perHead, o), [H, T, o.outFeatures]); // [heads, tokens, hidden]
   const result = hook(swap01(byHead), 'attn.hook_result'); // [tokens, heads, hidden]
