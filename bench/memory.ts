@@ -19,6 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { forwardWithRouting } from '../src/inspect/routing.js';
 
 const { values } = parseArgs({
   options: {
@@ -52,12 +53,12 @@ async function child(dir: string): Promise<void> {
   const t1 = performance.now();
   const T = Number(values.tokens);
   const ids = Array.from({ length: T }, (_, t) => (1 + 37 * t) % model.config.vocabSize);
-  const r = model.forward(ids, { lastOnly: true });
+  const { result: r, routing } = forwardWithRouting(model, ids, { lastOnly: true });
   const logits = r.logits.dataSync();
   const t2 = performance.now();
   const finite = Array.from(logits).every(Number.isFinite);
   // Mixtral: how many distinct experts each layer read (the prompt's tokens route to these).
-  const expertsRead = r.routing?.map((l) => new Set(l.experts).size);
+  const expertsRead = model.config.numExperts === null ? undefined : routing.map((l) => new Set(l.experts).size);
   disposeResult(r);
   model.dispose();
   console.log(JSON.stringify({

@@ -14,6 +14,7 @@ import { useBackend, type BackendName } from '../src/kernels/backend.js';
 import { linear, makeLinear } from '../src/kernels/linear.js';
 import { feedForward, type FeedForwardWeights } from '../src/model/feedforward.js';
 import { mixtureOfExperts, type MoeWeights } from '../src/model/moe.js';
+import { NO_HOOKS } from '../src/model/hooks.js';
 
 const { values } = parseArgs({
   options: {
@@ -45,9 +46,8 @@ const experts: FeedForwardWeights[] = Array.from({ length: E }, () => ({
   down: makeLinear(randn(H * I, 1 / Math.sqrt(I)), H, I),
 }));
 const w: MoeWeights = { router: makeLinear(randn(E * H, 2 / Math.sqrt(H)), E, H), numExperts: E, expert: (e) => experts[e]! };
-const noHooks = <T extends tf.Tensor>(_n: string, t: T) => t;
 
-const sparse = (x: tf.Tensor2D) => tf.tidy(() => mixtureOfExperts(x, w, K, noHooks).out);
+const sparse = (x: tf.Tensor2D) => tf.tidy(() => mixtureOfExperts(x, w, K, NO_HOOKS));
 
 /** Every expert on every token; unchosen experts get weight 0. */
 const dense = (x: tf.Tensor2D) => tf.tidy(() => {

@@ -18,6 +18,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { buildGradients } from './build-gradients.js';
 
 type DType = 'bf16' | 'f16' | 'f32';
 
@@ -546,3 +547,5 @@ async function main(): Promise<void> {
 }
 
 await main();
+// The same build step bundles tfjs-core's gradients (see build-gradients.ts).
+await buildGradients();

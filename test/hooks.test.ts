@@ -19,6 +19,7 @@ import { HookError } from '../src/model/hooks.js';
 import { routeToken } from '../src/model/moe.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { modelDir, refFile, ROOT, sharedModels } from './helpers/fixtures.js';
+import { forwardWithRouting } from '../src/inspect/routing.js';
 
 const load = sharedModels();
 beforeAll(() => useBackend('cpu'));
@@ -44,7 +45,7 @@ describe('the table of hook points', () => {
     disposeResult(runWithHooks(model, IDS_A, { '*': (t, n) => { fired.push({ name: n, shape: t.shape, dtype: t.dtype }); } }));
     expect(fired.map((f) => f.name)).toEqual(hookNames(c));
     const kind = c.numExperts === null ? 'dense' : 'moe';
-    const templates = HOOK_POINTS.filter((p) => p.only === undefined || p.only === kind);
+    const templates = HOOK_POINTS.filter((p) => (p.only === undefined || p.only === kind) && p.optIn === undefined);
     for (const f of fired) {
       const info = templates.find((p) => p.name === f.name.replace(/^blocks\.\d+\./, 'blocks.{l}.'))!;
       expect(f.shape, f.name).toEqual(expectedShape(info.shape, c, T, T));
@@ -315,12 +316,12 @@ describe('patching and ablation', () => {
     const model = load('mixtral-tiny');
     const before = tf.memory().numTensors;
     const T = IDS_A.length;
-    const forced = runWithHooks(model, IDS_A, {
+    const { result: forced, routing: forcedRouting } = forwardWithRouting(model, IDS_A, { hooks: {
       'blocks.0.moe.hook_expert_indices': () => tf.tidy(() => tf.tile(tf.tensor2d([[3, 1]], [1, 2], 'int32'), [T, 1])),
-    });
-    expect(Array.from(forced.routing![0]!.experts)).toEqual(Array.from({ length: T }, () => [3, 1]).flat());
-    const plain = model.forward(IDS_A);
-    expect(Array.from(plain.routing![0]!.experts)).not.toEqual(Array.from(forced.routing![0]!.experts));
+    } });
+    expect(Array.from(forcedRouting[0]!.experts)).toEqual(Array.from({ length: T }, () => [3, 1]).flat());
+    const { result: plain, routing: plainRouting } = forwardWithRouting(model, IDS_A);
+    expect(Array.from(plainRouting[0]!.experts)).not.toEqual(Array.from(forcedRouting[0]!.experts));
     expect(maxAbsDiff(forced.logits.dataSync(), plain.logits.dataSync())).toBeGreaterThan(1e-2);
     disposeResult(forced);
     disposeResult(plain);

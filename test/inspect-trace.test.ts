@@ -9,6 +9,7 @@ import { useBackend } from '../src/kernels/backend.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
 import { modelDir } from './helpers/fixtures.js';
+import { runWithCache } from '../src/inspect/activations.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mistral-ref-trace-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -53,12 +54,13 @@ describe('mistral-ref trace', () => {
     // The prediction is the model's own argmax, and the last lens row is that prediction;
     // resid_norm is the mean over positions of each layer output row's L2 norm.
     const model = Transformer.load(modelDir('mistral-tiny'));
-    const res = model.forward(IDS, { hiddenStates: true });
+    const { result: res, cache } = runWithCache(model, IDS, { names: (n) => n.endsWith('hook_resid_post') });
     const argmax = tf.tidy(() => tf.argMax(tf.slice(res.logits, [IDS.length - 1, 0], [1, -1]), 1).dataSync()[0]!);
-    const norms = res.layerOutputs!.map((t) => {
-      const rows = t.arraySync();
+    const norms = Array.from({ length: model.config.numLayers }, (_, l) => {
+      const rows = cache.get(`blocks.${l}.hook_resid_post`).arraySync() as number[][];
       return rows.reduce((a, row) => a + Math.hypot(...row), 0) / rows.length;
     });
+    cache.dispose();
     disposeResult(res);
     model.dispose();
     expect(report.prediction[0]!.id).toBe(argmax);

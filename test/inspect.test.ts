@@ -12,7 +12,7 @@ import { lensHookNames, logitLens } from '../src/inspect/lens.js';
 import { maxAbsDiff } from '../src/inspect/parity.js';
 import { attentionEntropy, attentionPattern, entropy, headOf } from '../src/inspect/patterns.js';
 import { attentionPicture, logitLensPicture, routerPicture, tokenLabel } from '../src/inspect/pictures.js';
-import { expertLoad, routerProbs, routingFromCache, routingTable } from '../src/inspect/routing.js';
+import { expertLoad, forwardWithRouting, routerProbs, routingFromCache, routingTable } from '../src/inspect/routing.js';
 import { colour, escapeXml, heatmapSvg, svgToPng } from '../src/inspect/svg.js';
 import { readableJson } from '../src/inspect/trace.js';
 import { useBackend } from '../src/kernels/backend.js';
@@ -176,12 +176,14 @@ describe('Mixtral routing', () => {
     expect(load.weight.map((w) => Number(w.toFixed(2)))).toEqual([1.09, 0, 1.16, 0.75]);
   });
 
-  it.each(['mixtral-tiny', 'mixtral-demo'])('%s: the hooks, the table and the load agree with forward().routing', (name) => {
+  it.each(['mixtral-tiny', 'mixtral-demo'])('%s: the hooks, the table and the load agree with forwardWithRouting', (name) => {
     const model = load(name);
     const { numLayers: L, numExperts: E, numExpertsPerTok: k } = model.config;
     const before = tf.memory().numTensors;
     const { result, cache } = runWithCache(model, IDS.map((id) => id % model.config.vocabSize), { names: (n) => n.includes('.moe.') });
-    const routing = result.routing!;
+    const run = forwardWithRouting(model, IDS.map((id) => id % model.config.vocabSize));
+    disposeResult(run.result);
+    const routing = run.routing;
     expect(routing).toHaveLength(L);
     expect(routingFromCache(cache, model.config)).toEqual(routing);
     const table = routingTable(routing);
@@ -271,12 +273,12 @@ describe('pictures', () => {
 
   it('router: a panel per layer, the chosen experts outlined with their weights', () => {
     const model = load('mixtral-tiny');
-    const result = model.forward(IDS);
-    const svg = routerPicture(result.routing!, IDS.map(String));
+    const { result, routing } = forwardWithRouting(model, IDS);
+    const svg = routerPicture(routing, IDS.map(String));
     const { numLayers: L, numExperts: E, numExpertsPerTok: k } = model.config;
     expect(svg.match(/stroke="#e8175d"/g)).toHaveLength(L * IDS.length * k!);
     expect(svg.match(/<title>/g)).toHaveLength(L * IDS.length * E!);
-    const w = result.routing![0]!.weights[0]!;
+    const w = routing[0]!.weights[0]!;
     expect(svg).toContain(`>${w.toFixed(2).replace(/^0/, '')}</text>`);
     disposeResult(result);
   });

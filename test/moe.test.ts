@@ -11,6 +11,7 @@ import { useBackend } from '../src/kernels/backend.js';
 import { routeToken } from '../src/model/moe.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { modelDir, refFile } from './helpers/fixtures.js';
+import { forwardWithRouting } from '../src/inspect/routing.js';
 
 beforeAll(() => useBackend('cpu'));
 
@@ -57,8 +58,8 @@ describe('sparse experts', () => {
     const ref = Reference.open(refFile('mixtral-tiny'));
     let pick: { prompt: number; layer: number; expert: number } | undefined;
     ref.prompts.forEach((p, i) => {
-      const r = model.forward(p.input_ids);
-      r.routing!.forEach((routing, layer) => {
+      const { result: r, routing: all } = forwardWithRouting(model, p.input_ids);
+      all.forEach((routing, layer) => {
         for (let e = 0; e < routing.numExperts && pick === undefined; e++) {
           if (!routing.experts.includes(e)) pick = { prompt: i, layer, expert: e };
         }
@@ -108,9 +109,9 @@ describe('sparse experts', () => {
   it('returns each layer\'s router logits, chosen experts and weights', () => {
     const model = Transformer.load(modelDir('mixtral-tiny'));
     const ids = [1, 5, 9, 200, 17];
-    const r = model.forward(ids);
-    expect(r.routing).toHaveLength(3);
-    for (const routing of r.routing!) {
+    const { result: r, routing: all } = forwardWithRouting(model, ids);
+    expect(all).toHaveLength(3);
+    for (const routing of all) {
       expect(routing.logits).toHaveLength(ids.length * 4);
       expect(routing.experts).toHaveLength(ids.length * 2);
       for (let t = 0; t < ids.length; t++) {

@@ -15,6 +15,7 @@ import { Mistral } from '@mistralai/mistralai';
 import OpenAI from 'openai';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { generateSync } from '../src/generate/index.js';
+import { runWithCache } from '../src/inspect/activations.js';
 import { disposeResult } from '../src/model/transformer.js';
 import { serveDemo } from './helpers/serve.js';
 
@@ -152,9 +153,10 @@ describe('@mistralai/mistralai', () => {
     ['abc', '47+38='].forEach((text, i) => {
       const got = r.data[i]!.embedding!;
       expect(got).toHaveLength(128);
-      const res = t.model.forward([t.tok.bosId!, ...t.tok.encode(text)], { hiddenStates: true });
-      const h = res.finalNorm!.arraySync() as number[][];
-      disposeResult(res);
+      const { result, cache } = runWithCache(t.model, [t.tok.bosId!, ...t.tok.encode(text)], { names: ['ln_final.hook_normalized'] });
+      const h = cache.get('ln_final.hook_normalized').arraySync() as number[][];
+      disposeResult(result);
+      cache.dispose();
       const mean = h[0]!.map((_, j) => h.reduce((s, row) => s + row[j]!, 0) / h.length);
       const norm = Math.hypot(...mean);
       mean.forEach((x, j) => expect(got[j]!).toBeCloseTo(x / norm, 6));

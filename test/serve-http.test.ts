@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { describe, expect, it } from 'vitest';
+import { runWithCache } from '../src/inspect/activations.js';
 import { disposeResult } from '../src/model/transformer.js';
 import { ChatServer } from '../src/serve/server.js';
 import { modelDir, ROOT } from './helpers/fixtures.js';
@@ -117,9 +118,10 @@ describe('what else a client may send', () => {
       const r = await fetch(`${url}/v1/embeddings`, { method: 'POST', body: JSON.stringify({ model: 'mistral-demo', input: 'abc' }) });
       const body = await r.json() as { data: { embedding: number[] }[]; usage: { prompt_tokens: number } };
       expect(body.usage.prompt_tokens).toBe(5); // <s> a b c </s>
-      const res = t.model.forward([1, ...t.tok.encode('abc'), 2], { hiddenStates: true });
-      const last = (res.finalNorm!.arraySync() as number[][])[4]!;
-      disposeResult(res);
+      const { result, cache } = runWithCache(t.model, [1, ...t.tok.encode('abc'), 2], { names: ['ln_final.hook_normalized'] });
+      const last = (cache.get('ln_final.hook_normalized').arraySync() as number[][])[4]!;
+      disposeResult(result);
+      cache.dispose();
       const norm = Math.hypot(...last);
       last.forEach((x, j) => expect(body.data[0]!.embedding[j]!).toBeCloseTo(x / norm, 6));
     } finally {

@@ -17,6 +17,8 @@ import { parseHfConfig } from '../src/model/config.js';
 import { chooseResidency, estimateMemory, residencyProblem, storedStreamPlan, type Residency } from '../src/model/residency.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
+import { forwardWithRouting } from '../src/inspect/routing.js';
+import { runWithCache } from '../src/inspect/activations.js';
 
 afterEach(() => vi.restoreAllMocks());
 
@@ -29,8 +31,11 @@ function outputs(model: string, weights: Residency, kernels: KernelsName): numbe
     const V = m.config.vocabSize;
     const ids = Array.from({ length: 12 }, (_, t) => (7 * t + 3) % V);
     const out: number[][] = [];
-    const full = m.forward(ids, { hiddenStates: true });
-    out.push(bits(full.logits), bits(full.embeddings!), ...full.layerOutputs!.map(bits), bits(full.finalNorm!));
+    const { result: full, cache: states } = runWithCache(m, ids, {
+      names: ['hook_embed', ...Array.from({ length: m.config.numLayers }, (_, l) => `blocks.${l}.hook_resid_post`), 'ln_final.hook_normalized'],
+    });
+    out.push(bits(full.logits), ...states.names().map((n) => bits(states.get(n))));
+    states.dispose();
     disposeResult(full);
     const cache = m.createCache();
     const prefill = m.forward(ids, { cache, lastOnly: true });
@@ -102,8 +107,8 @@ describe('stream residency', () => {
     try {
       let resident = -1;
       const hooks = new Map<string, HookFn>([['blocks.0.hook_mlp_out', () => { resident = m.weights.residentBytes; }]]);
-      const r = m.forward([3, 14, 15, 92, 65, 35, 89, 79, 323, 84], { hooks });
-      const distinct = new Set(r.routing![0]!.experts).size;
+      const { result: r, routing } = forwardWithRouting(m, [3, 14, 15, 92, 65, 35, 89, 79, 323, 84], { hooks });
+      const distinct = new Set(routing[0]!.experts).size;
       disposeResult(r);
       expect(distinct).toBeGreaterThan(2); // more experts chosen than one token's k = 2
       // Layer 0 when its MoE is done: attention q 64·64 + k 32·64 + v 32·64 + o 64·64, two
@@ -168,8 +173,7 @@ describe('stream residency', () => {
     const m = Transformer.load(modelDir(model), { weights: 'stream', kernels });
     try {
       expect(read).not.toHaveBeenCalled(); // load reads headers only
-      const r = m.forward([3], {});
-      const routing = r.routing!;
+      const { result: r, routing } = forwardWithRouting(m, [3]);
       disposeResult(r);
       const E = m.config.numExperts!;
       const k = m.config.numExpertsPerTok!;

@@ -13,6 +13,7 @@ import { useBackend } from '../src/kernels/backend.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/safetensors-builder.js';
+import { forwardWithRouting } from '../src/inspect/routing.js';
 
 const tmp = tempDir('synth-test-');
 afterAll(tmp.cleanup);
@@ -148,9 +149,9 @@ describe('written checkpoints', () => {
     const m = Transformer.load(out, { weights: 'stream' });
     try {
       expect(m.config).toMatchObject({ arch: 'mixtral', numExperts: 4, numExpertsPerTok: 2, slidingWindow: null, ropeTheta: 1e6 });
-      const r = m.forward([5, 6, 7]);
+      const { result: r, routing } = forwardWithRouting(m, [5, 6, 7]);
       expect(r.logits.dataSync().every(Number.isFinite)).toBe(true);
-      expect(r.routing![0]!.experts.length).toBe(3 * 2);
+      expect(routing[0]!.experts.length).toBe(3 * 2);
       disposeResult(r);
     } finally {
       m.dispose();

@@ -15,7 +15,8 @@ import { checkParity } from '../src/inspect/parity.js';
 import { BackendError, bindingLimitBytes, useBackend, WebGpuDeviceError } from '../src/kernels/backend.js';
 import { linear, makeLinear, type Linear } from '../src/kernels/linear.js';
 import { probeWebGpu, WebGpuProxyBackend } from '../src/kernels/webgpu.js';
-import { Transformer } from '../src/model/transformer.js';
+import { runWithCache } from '../src/inspect/activations.js';
+import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
 import { expectGoldenPass } from './helpers/golden.js';
@@ -184,10 +185,13 @@ describe.skipIf(missing !== null)('webgpu backend', () => {
               const head = m.weights.lmHead();
               expect(head.kind).toBe('split');
             }
-            return tf.tidy(() => {
-              const r = m.forward(ids, { hiddenStates: true });
-              return Float32Array.from([...r.embeddings!.dataSync(), ...r.logits.dataSync()]);
-            });
+            const { result, cache } = runWithCache(m, ids, { names: ['hook_embed'] });
+            try {
+              return Float32Array.from([...cache.get('hook_embed').dataSync(), ...result.logits.dataSync()]);
+            } finally {
+              disposeResult(result);
+              cache.dispose();
+            }
           } finally {
             m.dispose();
             expect(tf.memory().numTensors).toBe(before);

@@ -18,6 +18,8 @@ export const COMMANDS: Readonly<Record<string, string>> = {
   synth: 'write a synthetic full-size checkpoint (Mistral 7B, Mixtral 8x7B shapes)',
   backends: 'which backends work here (for webgpu: the adapter and its limits)',
   serve: 'a Mistral/OpenAI-compatible HTTP server: chat completions, tools, JSON, embeddings',
+  attribute: 'direct logit attribution of logit(A) − logit(B) by embedding, layer and head',
+  patch: 'activation patching sweep: which layer, position or head restores the clean answer',
 };
 
 /** Each command lives in ./commands/<name>.ts and is loaded only when run. */
@@ -32,6 +34,8 @@ const LOADERS: Readonly<Record<string, () => Promise<Command>>> = {
   synth: () => import('./commands/synth.js'),
   backends: () => import('./commands/backends.js'),
   serve: () => import('./commands/serve.js'),
+  attribute: () => import('./commands/attribute.js'),
+  patch: () => import('./commands/patch.js'),
 };
 
 function help(): string {

@@ -15,6 +15,7 @@
  */
 import { randomInt } from 'node:crypto';
 import type { ModelCache } from '../model/cache.js';
+import type { Hooks } from '../model/hooks.js';
 import { InputError } from '../model/errors.js';
 import { disposeResult, type Transformer } from '../model/transformer.js';
 import type { TokenConstraint } from './constrain.js';
@@ -55,7 +56,16 @@ export interface GenerateOptions extends SamplingOptions {
   readonly returnLogits?: boolean;
   /** Masks each step's logits before sampling (constrained decoding, e.g. a JSON schema; see constrain.ts). */
   readonly constraint?: TokenConstraint;
+  /**
+   * Hooks for every forward: the prefill's chunks and each step. A hook's context gives the
+   * absolute positions of the tokens it sees (steering from position p on, ablating while
+   * generating). Names are not checked here; `generateWithHooks` (src/inspect) checks them.
+   */
+  readonly hooks?: Hooks;
 }
+
+const GENERATE_OPTIONS = new Set(['temperature', 'topK', 'topP', 'maxNewTokens', 'seed', 'stopIds', 'stopAtEos',
+  'prefillChunk', 'cache', 'returnLogits', 'hooks', 'constraint']);
 
 export interface GeneratedToken {
   readonly id: number;
@@ -79,6 +89,9 @@ export function randomSeed(): number {
 }
 
 function checkOptions(model: Transformer, o: GenerateOptions): void {
+  const unknown = Object.keys(o).find((k) => !GENERATE_OPTIONS.has(k));
+  if (unknown !== undefined) throw new InputError(`unknown generate option ${JSON.stringify(unknown)} (known: ${[...GENERATE_OPTIONS].join(', ')})`);
+  if (o.hooks !== undefined && !(o.hooks instanceof Map)) throw new InputError('generate: hooks must be a Map from hook name to function');
   checkSamplingOptions(o);
   if (o.maxNewTokens !== undefined && (!Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 0)) {
     throw new InputError(`maxNewTokens must be an integer ≥ 0, got ${o.maxNewTokens}`);
@@ -114,7 +127,7 @@ export function* generateTokens(model: Transformer, promptIds: readonly number[]
   try {
     model.checkIds(promptIds, cache.length); // all of it before the first chunk runs
     if (maxNew === 0 && ownsCache) return;
-    let logits = prefill(model, promptIds, cache, opts.prefillChunk ?? defaultChunk(model));
+    let logits = prefill(model, promptIds, cache, opts.prefillChunk ?? defaultChunk(model), opts.hooks);
     if (maxNew === 0) return;
     for (let index = 0; ; index++) {
       const id = sampleToken(opts.constraint ? opts.constraint.mask(logits) : logits, opts, rng);
@@ -134,7 +147,7 @@ export function* generateTokens(model: Transformer, promptIds: readonly number[]
         ...(opts.returnLogits ? { logits } : {}),
       };
       if (stopReason !== undefined) return;
-      logits = step(model, id, cache);
+      logits = step(model, id, cache, opts.hooks);
       pending = null;
     }
   } catch (e) {
@@ -142,13 +155,13 @@ export function* generateTokens(model: Transformer, promptIds: readonly number[]
     throw e;
   } finally {
     if (ownsCache) cache.dispose();
-    else if (pending !== null && !failed && hasRoom()) step(model, pending, cache);
+    else if (pending !== null && !failed && hasRoom()) step(model, pending, cache, opts.hooks);
   }
 }
 
 /** Feeds one token; returns the logits that predict the next, [vocab]. */
-function step(model: Transformer, id: number, cache: ModelCache): Float32Array {
-  const r = model.forward([id], { cache, lastOnly: true }); // logits [1, vocab]
+function step(model: Transformer, id: number, cache: ModelCache, hooks?: Hooks): Float32Array {
+  const r = model.forward([id], { cache, lastOnly: true, ...(hooks ? { hooks } : {}) }); // logits [1, vocab]
   try {
     return Float32Array.from(r.logits.dataSync());
   } finally {

@@ -15,6 +15,7 @@
  * Only the last chunk's last row of logits is kept: it predicts the first new token.
  */
 import type { ModelCache } from '../model/cache.js';
+import type { Hooks } from '../model/hooks.js';
 import { disposeResult, type Transformer } from '../model/transformer.js';
 
 /** The default chunk: W with a sliding window, else the whole prompt at once. */
@@ -25,12 +26,13 @@ export function defaultChunk(model: Transformer): number {
 /**
  * Feeds `ids` into `cache` (positions from cache.length on), `chunk` tokens at a time.
  * The caller has checked the ids (`model.checkIds`), so a bad id cannot stop us halfway.
+ * `hooks` run in every chunk's forward (each sees its chunk's absolute positions).
  * @returns the logits after the last id, [vocab]
  */
-export function prefill(model: Transformer, ids: readonly number[], cache: ModelCache, chunk: number): Float32Array {
+export function prefill(model: Transformer, ids: readonly number[], cache: ModelCache, chunk: number, hooks?: Hooks): Float32Array {
   let last: Float32Array | null = null;
   for (let start = 0; start < ids.length; start += chunk) {
-    const r = model.forward(ids.slice(start, start + chunk), { cache, lastOnly: true }); // logits [1, vocab]
+    const r = model.forward(ids.slice(start, start + chunk), { cache, lastOnly: true, ...(hooks ? { hooks } : {}) }); // logits [1, vocab]
     try {
       if (start + chunk >= ids.length) last = Float32Array.from(r.logits.dataSync()); // a copy: the backend may reuse its buffer
     } finally {

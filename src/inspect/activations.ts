@@ -16,8 +16,9 @@
  * HookError, not a hook that silently never fires.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { HookError, type HookFn, type Hooks } from '../model/hooks.js';
+import { HookError, isOptIn, type HookFn, type Hooks } from '../model/hooks.js';
 import { disposeResult, type ForwardOptions, type ForwardResult, type Transformer } from '../model/transformer.js';
+import { generateTokens, type GeneratedToken, type GenerateOptions } from '../generate/index.js';
 import { checkHookNames } from './hookpoints.js';
 
 /** Captured activations by hook name. The caller owns them: call dispose(). */
@@ -96,21 +97,25 @@ export function runWithCache(model: Transformer, ids: readonly number[], opts: C
   // last one that runs, so the cache holds what the forward actually used.
   const star = user.get('*');
   const hooks = new Map<string, HookFn>();
-  hooks.set('*', (t, name) => {
-    const r = star?.(t, name);
-    if (!user.has(name)) capture(r ?? t, name);
+  // Opt-in points (hook_result, hook_scale) fire only when asked for by name.
+  const named = new Set([...user.keys(), ...(Array.isArray(wanted) ? (wanted as readonly string[]).filter(isOptIn) : [])]);
+  named.delete('*');
+  hooks.set('*', (t, name, ctx) => {
+    const r = star?.(t, name, ctx);
+    if (!named.has(name)) capture(r ?? t, name);
     return r;
   });
-  for (const [name, fn] of user) {
-    if (name === '*') continue;
-    hooks.set(name, (t, n) => {
-      const r = fn(t, n);
+  for (const name of named) {
+    const fn = user.get(name);
+    hooks.set(name, (t, n, ctx) => {
+      const r = fn?.(t, n, ctx);
       capture(r ?? t, n);
       return r;
     });
   }
+  const { names: _names, hooks: _hooks, ...forward } = opts;
   try {
-    return { result: model.forward(ids, { ...opts, hooks }), cache };
+    return { result: model.forward(ids, { ...forward, hooks }), cache };
   } catch (e) {
     cache.dispose();
     throw e;
@@ -119,15 +124,29 @@ export function runWithCache(model: Transformer, ids: readonly number[], opts: C
 
 /**
  * Runs the model with hooks that may read or replace intermediates, given as an object
- * or a Map from hook name (or `*`) to function. A hook that returns a tensor it still
- * needs must return a clone: the forward disposes what it is given (the helpers in
- * ./patching.ts do this).
+ * or a Map from hook name (or `*`) to function. What a hook returns is cloned before
+ * use, so it may return a tensor it keeps (src/model/hooks.ts has the whole contract).
  */
 export function runWithHooks(model: Transformer, ids: readonly number[],
   hooks: Hooks | Readonly<Record<string, HookFn>>, opts: Omit<ForwardOptions, 'hooks'> = {}): ForwardResult {
   const map = toMap(hooks);
   checkHookNames(model.config, map.keys());
   return model.forward(ids, { ...opts, hooks: map });
+}
+
+/**
+ * Generation with hooks in every forward (prefill chunks and steps), names checked first.
+ * Each hook's context has the absolute positions of the tokens it sees:
+ *
+ *   // add a steering vector to layer 1's residual from position 5 on
+ *   generateWithHooks(model, ids, { 'blocks.1.hook_resid_pre': (t, _n, { positions }) =>
+ *     tf.tidy(() => tf.add(t, tf.mul(tf.tensor2d(positions.map((p) => [p >= 5 ? 1 : 0])), v))) });
+ */
+export function generateWithHooks(model: Transformer, ids: readonly number[], hooks: Hooks | Readonly<Record<string, HookFn>>,
+  opts: Omit<GenerateOptions, 'hooks'> = {}): Generator<GeneratedToken, void, undefined> {
+  const map = toMap(hooks);
+  checkHookNames(model.config, map.keys());
+  return generateTokens(model, ids, { ...opts, hooks: map });
 }
 
 export { disposeResult };

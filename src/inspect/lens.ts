@@ -12,8 +12,6 @@
  * prints this table and draws the grid.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { linear } from '../kernels/linear.js';
-import { rmsNorm } from '../model/rmsnorm.js';
 import { disposeResult, type Transformer } from '../model/transformer.js';
 import { ActivationCache, runWithCache } from './activations.js';
 
@@ -78,8 +76,8 @@ function lensOf(model: Transformer, cache: ActivationCache, topK: number): Logit
       const V = c.vocabSize;
       const { values, indices, probs } = tf.tidy(() => {
         const resid = cache.get(sources[r]!) as tf.Tensor2D; // [tokens, hidden]
-        // The same two ops as the model's head, so the last row is the model's logits.
-        const logits = linear(rmsNorm(resid, w.finalNorm(), c.rmsNormEps), w.lmHead()); // [tokens, vocab]
+        // The model's own head, so the last row is the model's logits.
+        const logits = model.unembed(model.finalNorm(resid)); // [tokens, vocab]
         const p = tf.softmax(logits);
         const top = tf.topk(p, topK); // [tokens, k], most probable first
         return { values: top.values.dataSync(), indices: top.indices.dataSync(), probs: p.dataSync() };

@@ -14,6 +14,7 @@ import { Reference, type RefTensor } from '../io/reference.js';
 import { routeToken } from '../model/moe.js';
 import { disposeResult, type Transformer } from '../model/transformer.js';
 import { runWithCache } from './activations.js';
+import { routingFromCache, routingHookNames } from './routing.js';
 
 export interface ParityOptions {
   readonly atol?: number;
@@ -155,15 +156,18 @@ export function checkParity(model: Transformer, ref: Reference, opts: ParityOpti
     const diffs: Record<string, number> = {};
     const t = p.tensors;
     const debugNames = Object.keys(t.debug_layer0 ?? {}).filter((k) => DEBUG_HOOKS[k] !== undefined);
+    const L = model.config.numLayers;
+    const moe = model.config.numExperts !== null;
     const { result, cache } = runWithCache(model, p.input_ids, {
-      hiddenStates: true,
-      names: debugNames.map((k) => DEBUG_HOOKS[k]!),
+      names: [...debugNames.map((k) => DEBUG_HOOKS[k]!), 'hook_embed', 'ln_final.hook_normalized',
+        ...Array.from({ length: L }, (_, l) => `blocks.${l}.hook_resid_post`), ...(moe ? routingHookNames(model.config) : [])],
     });
     try {
+      const ours = (name: string) => cache.get(name);
       compare('logits', result.logits.dataSync(), result.logits.shape, ref.tensor(t.logits), diffs);
-      if (t.embeddings) compare('embeddings', result.embeddings!.dataSync(), result.embeddings!.shape, ref.tensor(t.embeddings), diffs);
+      if (t.embeddings) compare('embeddings', ours('hook_embed').dataSync(), ours('hook_embed').shape, ref.tensor(t.embeddings), diffs);
       (t.layer_out ?? []).forEach((name, l) => {
-        const out = result.layerOutputs![l];
+        const out = l < L ? ours(`blocks.${l}.hook_resid_post`) : undefined;
         const expected = ref.tensor(name);
         const { d, ok } = out === undefined ? { d: Infinity, ok: false } : compare('layer_out', out.dataSync(), out.shape, expected, diffs);
         perLayer[l] = Math.max(perLayer[l] ?? 0, d);
@@ -172,15 +176,15 @@ export function checkParity(model: Transformer, ref: Reference, opts: ParityOpti
           if (firstDivergent === null || l < firstDivergent) firstDivergent = l;
         }
       });
-      if (t.final_norm) compare('final_norm', result.finalNorm!.dataSync(), result.finalNorm!.shape, ref.tensor(t.final_norm), diffs);
+      if (t.final_norm) compare('final_norm', ours('ln_final.hook_normalized').dataSync(), ours('ln_final.hook_normalized').shape, ref.tensor(t.final_norm), diffs);
       for (const kind of debugNames) {
-        const ours = tf.tidy(() => debugLayout(kind, cache.get(DEBUG_HOOKS[kind]!)));
-        compare(`debug.layer0.${kind}`, ours.dataSync(), ours.shape, ref.tensor(t.debug_layer0![kind]!), diffs);
-        ours.dispose();
+        const debug = tf.tidy(() => debugLayout(kind, cache.get(DEBUG_HOOKS[kind]!)));
+        compare(`debug.layer0.${kind}`, debug.dataSync(), debug.shape, ref.tensor(t.debug_layer0![kind]!), diffs);
+        debug.dispose();
       }
       let expertsEqual: boolean | undefined;
       if (t.router_logits) {
-        const routing = result.routing ?? [];
+        const routing = moe ? routingFromCache(cache, model.config) : [];
         expertsEqual = routing.length === t.router_logits.length;
         t.router_logits.forEach((name, l) => {
           const r = routing[l];

@@ -11,17 +11,33 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { HookError, type HookFn } from '../model/hooks.js';
+import { HOOK_POINTS, type HookPointInfo } from './hookpoints.js';
 
-/** Axis of the token dimension: hook_attn_scores and hook_pattern are [heads, tokens, keys]. */
-export function tokenAxis(name: string): number {
-  return /\.(hook_pattern|hook_attn_scores)$/.test(name) ? 1 : 0;
+/** The HOOK_POINTS entry of a concrete name (`blocks.3.attn.hook_z` → `blocks.{l}.attn.hook_z`). */
+function hookInfo(name: string): HookPointInfo {
+  const info = HOOK_POINTS.find((p) => p.name === name.replace(/^blocks\.\d+\./, 'blocks.{l}.'));
+  if (info === undefined) throw new HookError(`unknown hook ${JSON.stringify(name)}: no such hook point (see docs/hooks.md)`);
+  return info;
 }
 
-/** Axis of the head dimension, for attention hooks that have one. */
+/** The axes of a hook point's documented shape, e.g. ['T', 'heads', 'headDim']. */
+export function hookAxes(name: string): string[] {
+  return hookInfo(name).shape.replace(/[[\]\s]/g, '').split(',');
+}
+
+/** Axis of the token dimension (T in the hook's documented shape). */
+export function tokenAxis(name: string): number {
+  const axis = hookAxes(name).indexOf('T');
+  if (axis < 0) throw new HookError(`${name} has no token axis (its shape is ${hookInfo(name).shape})`);
+  return axis;
+}
+
+/** Axis of the head dimension (heads or kvHeads in the hook's documented shape). */
 export function headAxis(name: string): number {
-  if (/\.attn\.(hook_pattern|hook_attn_scores)$/.test(name)) return 0;
-  if (/\.attn\.(hook_q|hook_k|hook_v|hook_rot_q|hook_rot_k|hook_z)$/.test(name)) return 1;
-  throw new HookError(`${name} has no head axis (heads appear in attn.hook_q|k|v|rot_q|rot_k|z|attn_scores|pattern)`);
+  const axes = hookAxes(name);
+  const axis = axes.findIndex((a) => a === 'heads' || a === 'kvHeads');
+  if (axis < 0) throw new HookError(`${name} has no head axis (its shape is ${hookInfo(name).shape})`);
+  return axis;
 }
 
 function sameShape(a: tf.Tensor, b: tf.Tensor, name: string): void {

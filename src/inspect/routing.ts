@@ -16,7 +16,8 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../model/config.js';
 import { HookError } from '../model/hooks.js';
 import type { Routing } from '../model/moe.js';
-import type { ActivationCache } from './activations.js';
+import type { ForwardResult, Transformer } from '../model/transformer.js';
+import { runWithCache, type ActivationCache, type CacheOptions } from './activations.js';
 
 export interface RoutedToken {
   /** Position in the input. */
@@ -99,4 +100,25 @@ export function routingFromCache(cache: ActivationCache, config: ModelConfig): R
       k,
     };
   });
+}
+
+/** The hook names routingFromCache reads. */
+export function routingHookNames(config: ModelConfig): string[] {
+  return Array.from({ length: config.numLayers }, (_, l) =>
+    ['hook_router_logits', 'hook_expert_indices', 'hook_expert_weights'].map((h) => `blocks.${l}.moe.${h}`)).flat();
+}
+
+/**
+ * Runs the model and returns its logits with the routing of every Mixtral layer (read
+ * through the moe.hook_* points; none for a dense model). The caller disposes the result.
+ */
+export function forwardWithRouting(model: Transformer, ids: readonly number[], opts: Omit<CacheOptions, 'names'> = {}):
+  { result: ForwardResult; routing: Routing[] } {
+  const moe = model.config.numExperts !== null;
+  const { result, cache } = runWithCache(model, ids, { ...opts, names: moe ? routingHookNames(model.config) : [] });
+  try {
+    return { result, routing: moe ? routingFromCache(cache, model.config) : [] };
+  } finally {
+    cache.dispose();
+  }
 }

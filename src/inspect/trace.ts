@@ -11,7 +11,7 @@ import { runWithCache } from './activations.js';
 import { lensHookNames, logitLens, type LogitLens } from './lens.js';
 import { attentionEntropy } from './patterns.js';
 import { attentionPicture, logitLensPicture, routerPicture, tokenLabel } from './pictures.js';
-import { expertLoad, routingTable, type RoutedToken } from './routing.js';
+import { expertLoad, routingFromCache, routingHookNames, routingTable, type RoutedToken } from './routing.js';
 import { short, svgToPng } from './svg.js';
 
 export interface TraceOptions {
@@ -83,8 +83,10 @@ export function traceModel(model: Transformer, ids: readonly number[], opts: Tra
   const tokens = ids.map((id) => tokenLabel(pieceOf(id)));
   const topK = opts.topK ?? 5;
   const drawAttention = new Set(opts.attentionLayers ?? Array.from({ length: c.numLayers }, (_, l) => l));
+  const moe = c.numExperts !== null;
   const names = [
     ...lensHookNames(c.numLayers),
+    ...(moe ? routingHookNames(c) : []),
     ...Array.from({ length: c.numLayers }, (_, l) => ['hook_attn_out', 'hook_mlp_out', 'attn.hook_pattern', 'attn.hook_attn_scores']
       .map((n) => `blocks.${l}.${n}`)).flat(),
   ];
@@ -96,7 +98,7 @@ export function traceModel(model: Transformer, ids: readonly number[], opts: Tra
       const cell = lens.rows[row]!.positions[t]!;
       return cell.ids.map((id, i) => ({ id, piece: pieceOf(id), prob: cell.probs[i]! }));
     };
-    const routing = result.routing;
+    const routing = moe ? routingFromCache(cache, c) : undefined;
     const pictures: Picture[] = [];
     const layers: LayerTrace[] = Array.from({ length: c.numLayers }, (_, l) => {
       const pattern = cache.get(`blocks.${l}.attn.hook_pattern`);

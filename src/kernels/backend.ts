@@ -9,6 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
+import './gradients.js'; // tf.grad through a forward, on cpu and wasm
 import { createRequire } from 'node:module';
 import type { WebGpuAdapterInfo, WebGpuProxyBackend } from './webgpu.js';
 
@@ -45,13 +46,36 @@ export async function useBackend(name: BackendName): Promise<void> {
   // The wasm module binds its stderr printer once, when it is instantiated: the watch has
   // to be in place before the first tf.setBackend('wasm').
   const watching = name === 'wasm' && !('wasm' in tf.engine().registry) ? watchWasmInit() : null;
+  const listeners = watching === null ? null : processListeners();
   try {
     if (!(await tf.setBackend(name))) throw new BackendError(`backend ${name} failed to initialise`);
     await tf.ready();
   } finally {
     watching?.end();
+    if (listeners !== null) dropListenersAddedSince(listeners);
   }
   if (name === 'wasm') guardWasm(watching !== null);
+}
+
+const PROCESS_EVENTS = ['uncaughtException', 'unhandledRejection'] as const;
+
+type ProcessListener = (...args: unknown[]) => void;
+
+function processListeners(): Map<string, ProcessListener[]> {
+  return new Map(PROCESS_EVENTS.map((e) => [e, process.listeners(e as 'uncaughtException') as ProcessListener[]]));
+}
+
+/**
+ * The wasm module's emscripten prelude adds process listeners that rethrow any uncaught
+ * error from inside its own one-line minified file, so node quotes ≈ 39 KB of it above
+ * every script error. Node's default report is what users need: drop them.
+ */
+function dropListenersAddedSince(before: Map<string, ProcessListener[]>): void {
+  for (const e of PROCESS_EVENTS) {
+    for (const l of processListeners().get(e)!) {
+      if (!before.get(e)!.includes(l)) process.removeListener(e, l);
+    }
+  }
 }
 
 async function importTensorflowBackend(): Promise<void> {

@@ -15,6 +15,24 @@ export interface AttentionWeights {
   readonly o: Linear; // [hidden, heads·headDim]
 }
 
+// Ranks are typed one way: every reshape names its rank (tf.reshape<tf.Rank.R3>), and the
+// three moves between layouts have names.
+
+/** [tokens, heads·headDim] → [tokens, heads, headDim] */
+export function splitHeads(x: tf.Tensor2D, heads: number): tf.Tensor3D {
+  return tf.reshape<tf.Rank.R3>(x, [x.shape[0], heads, x.shape[1] / heads]);
+}
+
+/** [tokens, heads, headDim] → [tokens, heads·headDim] */
+export function mergeHeads(x: tf.Tensor3D): tf.Tensor2D {
+  return tf.reshape<tf.Rank.R2>(x, [x.shape[0], x.shape[1] * x.shape[2]]);
+}
+
+/** [a, b, c] → [b, a, c]: tokens-first to heads-first and back. */
+function swap01(x: tf.Tensor3D): tf.Tensor3D {
+  return tf.transpose(x, [1, 0, 2]);
+}
+
 /**
  * Causal self-attention with grouped-query heads, RoPE and the sliding window.
  *
@@ -34,20 +52,20 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
   const group = H / KV;
 
-  const q = hook('attn.hook_q', tf.reshape<tf.Rank.R3>(linear(x, w.q), [T, H, D])); // [tokens, heads, headDim]
-  const k = hook('attn.hook_k', tf.reshape<tf.Rank.R3>(linear(x, w.k), [T, KV, D])); // [tokens, kvHeads, headDim]
-  const v = hook('attn.hook_v', tf.reshape<tf.Rank.R3>(linear(x, w.v), [T, KV, D]));
+  const q = hook(splitHeads(linear(x, w.q), H), 'attn.hook_q'); // [tokens, heads, headDim]
+  const k = hook(splitHeads(linear(x, w.k), KV), 'attn.hook_k'); // [tokens, kvHeads, headDim]
+  const v = hook(splitHeads(linear(x, w.v), KV), 'attn.hook_v');
   const rotate = (t: tf.Tensor3D) => (onSimdKernels(w.q) ? ropeFused(t, rope.cosData, rope.sinData) : applyRope(t, rope));
-  const qRot = hook('attn.hook_rot_q', rotate(q));
-  const kRot = hook('attn.hook_rot_k', rotate(k));
+  const qRot = hook(rotate(q), 'attn.hook_rot_q');
+  const kRot = hook(rotate(k), 'attn.hook_rot_k');
 
   // Heads first for the matrix products.
-  const newK = tf.transpose(kRot, [1, 0, 2]) as tf.Tensor3D; // [kvHeads, tokens, headDim]
-  const newV = tf.transpose(v, [1, 0, 2]) as tf.Tensor3D;
+  const newK = swap01(kRot); // [kvHeads, tokens, headDim]
+  const newV = swap01(v);
 
   // With the simd kernels, one fused kernel does scores, mask, softmax and mixing, unless a
   // hook asks for the scores or the pattern, which only the composite path below forms.
-  if (fusedAttentionFits(w, cfg) && !hook.wants?.('attn.hook_attn_scores') && !hook.wants?.('attn.hook_pattern')) {
+  if (fusedAttentionFits(w, cfg) && !hook.wants('attn.hook_attn_scores') && !hook.wants('attn.hook_pattern')) {
     const shape = { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
     const qData = qRot.dataSync() as Float32Array; // [tokens, heads, headDim]
     const zData = fusedAttention(qData, positions, shape, (into) => {
@@ -57,8 +75,7 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
       vOut.set(newV.dataSync());
       return positions;
     });
-    const z = hook('attn.hook_z', tf.tensor3d(zData, [T, H, D]));
-    return linear(tf.reshape<tf.Rank.R2>(z, [T, H * D]), w.o);
+    return project(hook(tf.tensor3d(zData, [T, H, D]), 'attn.hook_z'), w.o, hook);
   }
 
   const seen = cache === null
@@ -67,15 +84,34 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   const S = seen.positions.length;
 
   // [heads, tokens, headDim] → [kvHeads, group·tokens, headDim]: a group's queries side by side.
-  const qGrouped = tf.reshape(tf.transpose(qRot, [1, 0, 2]), [KV, group * T, D]);
+  const qGrouped = tf.reshape<tf.Rank.R3>(swap01(qRot), [KV, group * T, D]);
   const rawScores = tf.div(tf.matMul(qGrouped, seen.k, false, true), Math.sqrt(D)); // [kvHeads, group·tokens, keys]
   const bias = tf.tensor2d(maskBias(positions, seen.positions, cfg.slidingWindow), [T, S]);
-  const scores = hook('attn.hook_attn_scores', tf.add<tf.Tensor3D>(tf.reshape(rawScores, [H, T, S]), bias)); // [heads, tokens, keys]
-  const pattern = hook('attn.hook_pattern', tf.softmax<tf.Tensor3D>(scores)); // softmax over keys
+  const scores = hook(tf.add<tf.Tensor3D>(tf.reshape<tf.Rank.R3>(rawScores, [H, T, S]), bias), 'attn.hook_attn_scores'); // [heads, tokens, keys]
+  const pattern = hook(tf.softmax<tf.Tensor3D>(scores), 'attn.hook_pattern'); // softmax over keys
 
-  const mixed = tf.matMul(tf.reshape(pattern, [KV, group * T, S]), seen.v); // [kvHeads, group·tokens, headDim]
-  const z = hook('attn.hook_z', tf.transpose<tf.Tensor3D>(tf.reshape(mixed, [H, T, D]), [1, 0, 2])); // [tokens, heads, headDim]
-  return linear(tf.reshape<tf.Rank.R2>(z, [T, H * D]), w.o);
+  const mixed = tf.matMul(tf.reshape<tf.Rank.R3>(pattern, [KV, group * T, S]), seen.v); // [kvHeads, group·tokens, headDim]
+  const z = hook(swap01(tf.reshape<tf.Rank.R3>(mixed, [H, T, D])), 'attn.hook_z'); // [tokens, heads, headDim]
+  return project(z, w.o, hook);
+}
+
+/**
+ * The output projection. o_proj has no bias, so attn_out is the sum over heads of each
+ * head's z times its own columns of W_O. Asked for `attn.hook_result`, it computes those
+ * per-head outputs (one product per head, on whatever kernels hold W_O: head h's z with
+ * every other head zeroed) and sums them; otherwise one product.
+ *
+ * @param z [tokens, heads, headDim]
+ * @returns [tokens, hidden]
+ */
+function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
+  if (!hook.wants('attn.hook_result')) return linear(mergeHeads(z), o);
+  const [T, H, D] = z.shape;
+  const own = tf.reshape<tf.Rank.R4>(tf.eye(H), [H, 1, H, 1]); // head h keeps only its own slice
+  const perHead = tf.reshape<tf.Rank.R2>(tf.mul(tf.expandDims(z, 0), own), [H * T, H * D]); // [heads·tokens, heads·headDim]
+  const byHead = tf.reshape<tf.Rank.R3>(linear(perHead, o), [H, T, o.outFeatures]); // [heads, tokens, hidden]
+  const result = hook(swap01(byHead), 'attn.hook_result'); // [tokens, heads, hidden]
+  return tf.sum(result, 1);
 }
 
 /** The fused kernel serves models on the simd kernels whose head size it handles. */

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { linear, type Linear } from '../kernels/linear.js';
 import { feedForward, type FeedForwardWeights } from './feedforward.js';
-import type { HookScope } from './hooks.js';
+import { HookError, type HookScope } from './hooks.js';
 
 export interface MoeWeights {
   readonly router: Linear; // [experts, hidden]
@@ -56,13 +56,12 @@ export function routeToken(logits: ArrayLike<number>, k: number): { experts: num
  * back into place. Experts no token chose are never touched (nor loaded, in stream mode).
  *
  * @param x [tokens, hidden], normalised
- * @returns [tokens, hidden] and the routing decisions
+ * @returns [tokens, hidden]; the routing decisions are the moe.hook_* points
  */
-export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook: HookScope):
-  { out: tf.Tensor2D; routing: Routing } {
+export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook: HookScope): tf.Tensor2D {
   const T = x.shape[0];
   const E = w.numExperts;
-  const routerLogits = hook('moe.hook_router_logits', linear(x, w.router)); // [tokens, experts]
+  const routerLogits = hook(linear(x, w.router), 'moe.hook_router_logits'); // [tokens, experts]
   const logits = routerLogits.dataSync() as Float32Array;
 
   const chosen = new Int32Array(T * k);
@@ -73,37 +72,67 @@ export function mixtureOfExperts(x: tf.Tensor2D, w: MoeWeights, k: number, hook:
     mix.set(r.weights, t * k);
   }
   // Hooks may overrule the router (force an expert, ablate one): read back what they return.
-  const experts = hook('moe.hook_expert_indices', tf.tensor2d(chosen, [T, k], 'int32')).dataSync() as Int32Array;
-  const weights = hook('moe.hook_expert_weights', tf.tensor2d(mix, [T, k])).dataSync() as Float32Array;
+  const experts = hook(tf.tensor2d(chosen, [T, k], 'int32'), 'moe.hook_expert_indices').dataSync() as Int32Array;
+  checkExperts(experts, T, k, E, hook.prefix);
+  const weights = hook(mixingWeights(routerLogits, chosen, mix, k), 'moe.hook_expert_weights'); // [tokens, k]
 
-  // rowOf[t·k + j]: the row of the stacked expert outputs that holds token t's j-th expert.
-  const outputs: tf.Tensor2D[] = [];
-  const rowOf = new Int32Array(T * k);
-  let rows = 0;
+  // The combine, as the math says it: for each expert in index order, run it on the tokens
+  // routed to it and add its weighted output into their rows. Each token thus sums its k
+  // experts in expert-index order (as transformers' index_add_ over experts does), so the
+  // float32 sum matches for any k. The add is a gather from the expert's rows plus a zero
+  // row (tokens it did not get read the zero, adding exactly nothing): tfjs has no
+  // differentiable scatter, and a gather's gradient is the scatter-add back.
+  let out: tf.Tensor2D = tf.zerosLike(x);
   for (let e = 0; e < E; e++) {
     const slots: number[] = [];
     for (let i = 0; i < T * k; i++) if (experts[i] === e) slots.push(i);
     if (slots.length === 0) continue;
     const tokens = slots.map((i) => Math.floor(i / k));
     const xe = tf.gather(x, tf.tensor1d(tokens, 'int32')); // [routed, hidden]
-    const ye = feedForward(xe, w.expert(e)); // [routed, hidden]
-    outputs.push(tf.mul(ye, tf.tensor2d(slots.map((i) => weights[i]!), [slots.length, 1])));
-    for (const i of slots) rowOf[i] = rows++;
+    const we = tf.reshape(tf.gather(tf.reshape(weights, [T * k]), tf.tensor1d(slots, 'int32')), [slots.length, 1]);
+    const ye = tf.mul(feedForward(xe, w.expert(e)), we); // [routed, hidden]
+    const rowOf = new Int32Array(T).fill(slots.length); // the zero row, unless routed here
+    tokens.forEach((t, r) => { rowOf[t] = r; });
+    const padded = tf.concat([ye, tf.zeros([1, x.shape[1]])], 0); // [routed + 1, hidden]
+    out = tf.add(out, tf.gather(padded, tf.tensor1d(rowOf, 'int32')));
   }
-  // Scatter-add back to the tokens: token t sums its k rows, in expert-index order (as
-  // transformers' index_add_ over experts does), so the float32 sum matches for any k.
-  const stacked = tf.concat(outputs, 0); // [tokens·k, hidden]
-  let out: tf.Tensor2D | null = null;
-  for (let j = 0; j < k; j++) {
-    const rowsJ = Array.from({ length: T }, (_, t) => {
-      const mine = Array.from({ length: k }, (_, m) => t * k + m).sort((a, b) => experts[a]! - experts[b]! || a - b);
-      return rowOf[mine[j]!]!;
-    });
-    const part = tf.gather(stacked, tf.tensor1d(rowsJ, 'int32')) as tf.Tensor2D;
-    out = out === null ? part : tf.add<tf.Tensor2D>(out, part);
+  return out;
+}
+
+/**
+ * The mixing weights as a tensor: the values routeToken computed (`mix`), with the gradient
+ * of the softmax over the chosen logits, so gradients reach the router (a constant tensor
+ * would cut them off). Softmax's backward: dx = p ⊙ (dy − Σ_j dy_j p_j).
+ *
+ * @param routerLogits [tokens, experts]
+ * @param chosen [tokens·k] the router's experts
+ */
+function mixingWeights(routerLogits: tf.Tensor2D, chosen: Int32Array, mix: Float32Array, k: number): tf.Tensor2D {
+  const [T, E] = routerLogits.shape;
+  const flat = Int32Array.from(chosen, (e, i) => Math.floor(i / k) * E + e);
+  const top = tf.reshape(tf.gather(tf.reshape(routerLogits, [T * E]), tf.tensor1d(flat, 'int32')), [T, k]); // [tokens, k]
+  // customGrad's declared type takes (...inputs | save); ours is (logits, save).
+  const softmaxOfTop = tf.customGrad(((_logits: tf.Tensor, save: tf.GradSaveFunc) => {
+    const p = tf.tensor2d(mix, [T, k]);
+    save([p]);
+    return {
+      value: p,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(saved[0]!, tf.sub(dy, tf.sum(tf.mul(dy, saved[0]!), -1, true))),
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return softmaxOfTop(top) as tf.Tensor2D;
+}
+
+/** A replacement of hook_expert_indices must name k distinct experts per token. */
+function checkExperts(experts: Int32Array, T: number, k: number, E: number, prefix: string): void {
+  for (let t = 0; t < T; t++) {
+    const row = Array.from(experts.subarray(t * k, (t + 1) * k));
+    const bad = row.find((e) => e < 0 || e >= E);
+    if (bad !== undefined) {
+      throw new HookError(`${prefix}moe.hook_expert_indices: expert ${bad} for token ${t} is outside [0, ${E})`);
+    }
+    if (new Set(row).size !== k) {
+      throw new HookError(`${prefix}moe.hook_expert_indices: token ${t} is routed to [${row}], expected ${k} distinct experts`);
+    }
   }
-  return {
-    out: out!,
-    routing: { logits: Float32Array.from(logits), experts: Int32Array.from(experts), weights: Float32Array.from(weights), numExperts: E, k },
-  };
 }

@@ -12,11 +12,10 @@ import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
 import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
 import { InputError } from './errors.js';
-import { hookPoint, hookScope, type Hooks } from './hooks.js';
+import { hookPoint, hookScope, type HookContext, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
-import type { Routing } from './moe.js';
 import { defaultExpertCacheBytes, storedStreamPlan, type Residency } from './residency.js';
-import { rmsNorm } from './rmsnorm.js';
+import { rmsNorm, rmsNormWithScale } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
 import { validateTensors } from './schema.js';
 import { ModelWeights, type WeightOptions } from './weights.js';
@@ -50,27 +49,39 @@ export interface LoadOptions {
 export interface ForwardOptions {
   /** Continue from this cache (positions start at cache.length); it is updated in place. */
   readonly cache?: ModelCache;
+  /** Read or replace intermediates (embeddings, layer outputs, routing, …: src/inspect/hookpoints.ts). */
   readonly hooks?: Hooks;
-  /** Also return embeddings, every layer's output and the final-norm output. */
-  readonly hiddenStates?: boolean;
   /** Compute logits for the last position only (generation). Default: every position. */
   readonly lastOnly?: boolean;
 }
 
+/** A forward over several equal-length prompts: one cache per row. */
+export interface BatchForwardOptions extends Omit<ForwardOptions, 'cache'> {
+  readonly caches?: readonly ModelCache[];
+}
+
+export interface BatchForwardResult {
+  /** [batch, tokens, vocab], or [batch, 1, vocab] with lastOnly. */
+  readonly logits: tf.Tensor3D;
+}
+
+const FORWARD_OPTIONS = new Set(['cache', 'hooks', 'lastOnly']);
+const BATCH_OPTIONS = new Set(['caches', 'hooks', 'lastOnly']);
+
+function checkOptionNames(opts: object, known: ReadonlySet<string>, what: string): void {
+  const bad = Object.keys(opts).find((k) => !known.has(k));
+  if (bad !== undefined) throw new InputError(`unknown ${what} option ${JSON.stringify(bad)} (known: ${[...known].join(', ')})`);
+}
+
+/** The forward returns logits; every intermediate comes from hooks. */
 export interface ForwardResult {
   /** [tokens, vocab], or [1, vocab] with lastOnly. */
   readonly logits: tf.Tensor2D;
-  /** [tokens, hidden] each, with hiddenStates. */
-  readonly embeddings?: tf.Tensor2D;
-  readonly layerOutputs?: tf.Tensor2D[];
-  readonly finalNorm?: tf.Tensor2D;
-  /** Mixtral: the routing of every layer. */
-  readonly routing?: Routing[];
 }
 
-/** Disposes every tensor of a ForwardResult. */
+/** Disposes a ForwardResult's tensors. */
 export function disposeResult(r: ForwardResult): void {
-  tf.dispose([r.logits, ...(r.embeddings ? [r.embeddings] : []), ...(r.layerOutputs ?? []), ...(r.finalNorm ? [r.finalNorm] : [])]);
+  r.logits.dispose();
 }
 
 /** What the weight store needs from the load options, with the defaults filled in. */
@@ -114,55 +125,90 @@ export class Transformer {
 
   /**
    * Runs `ids` through the model. The caller disposes the result (`disposeResult`).
-   * @param ids token ids, [tokens]
+   * @param ids token ids, [tokens]; or several equal-length prompts, [batch][tokens]: each
+   *   row runs the same forward (hooks see one row at a time, `ctx.batch` says which)
    */
-  forward(ids: readonly number[], opts: ForwardOptions = {}): ForwardResult {
+  forward(ids: readonly number[], opts?: ForwardOptions): ForwardResult;
+  forward(batch: readonly (readonly number[])[], opts?: BatchForwardOptions): BatchForwardResult;
+  forward(ids: readonly number[] | readonly (readonly number[])[], opts: ForwardOptions | BatchForwardOptions = {}): ForwardResult | BatchForwardResult {
+    if (ids.length > 0 && ids.every((row) => Array.isArray(row))) return this.forwardBatch(ids as number[][], opts as BatchForwardOptions);
+    checkOptionNames(opts, FORWARD_OPTIONS, 'forward');
+    return this.forwardOne(ids as readonly number[], opts as ForwardOptions);
+  }
+
+  private forwardBatch(batch: readonly (readonly number[])[], opts: BatchForwardOptions): BatchForwardResult {
+    checkOptionNames(opts, BATCH_OPTIONS, 'batched forward');
+    const T = batch[0]!.length;
+    batch.forEach((row, b) => {
+      if (row.length !== T) throw new InputError(`batch row ${b} has ${row.length} tokens, row 0 has ${T}: a batch needs equal-length prompts`);
+      this.checkIds(row, opts.caches?.[b]?.length ?? 0);
+    });
+    if (opts.caches !== undefined && opts.caches.length !== batch.length) {
+      throw new InputError(`${opts.caches.length} caches for a batch of ${batch.length} prompts: give one cache per row`);
+    }
+    const rows: tf.Tensor2D[] = [];
+    try {
+      batch.forEach((row, b) => {
+        const { caches, ...rest } = opts;
+        rows.push(this.forwardOne(row, { ...rest, ...(caches ? { cache: caches[b]! } : {}) }, b).logits);
+      });
+      return { logits: tf.stack(rows) as tf.Tensor3D };
+    } finally {
+      tf.dispose(rows);
+    }
+  }
+
+  private forwardOne(ids: readonly number[], opts: ForwardOptions, batchRow?: number): ForwardResult {
     const c = this.config;
     const start = opts.cache?.length ?? 0;
     this.checkIds(ids, start);
     const positions = ids.map((_, t) => start + t);
-    const keep = opts.hiddenStates === true;
     const hooks = opts.hooks;
     const w = this.weights;
 
-    const embeddings = tf.tidy(() => hookPoint(hooks, 'hook_embed', w.embed(ids))); // [tokens, hidden]
+    const ctx: HookContext = { positions, ...(batchRow === undefined ? {} : { batch: batchRow }) };
+    let x = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx)); // [tokens, hidden]
     const rope = ropeTables(positions, c.headDim, c.ropeTheta);
-    const layerOutputs: tf.Tensor2D[] = [];
-    const routing: Routing[] = [];
-    let x = embeddings;
     try {
       for (let l = 0; l < c.numLayers; l++) {
         const input = x;
-        x = tf.tidy(() => {
-          const r = decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`));
-          if (r.routing) routing.push(r.routing);
-          return r.out;
-        });
+        x = tf.tidy(() => decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`, ctx)));
         w.releaseLayer(l);
-        if (keep) layerOutputs.push(x);
-        else input.dispose();
+        input.dispose();
       }
-      const head = tf.tidy(() => {
-        const norm = onSimdKernels(w.lmHead()) ? rmsNormFused : rmsNorm;
-        const normed = hookPoint(hooks, 'ln_final.hook_normalized', norm(x, w.finalNorm(), c.rmsNormEps));
+      const logits = tf.tidy(() => {
+        const top = hookScope(hooks, '', ctx);
+        const scaleHook = top.wants('ln_final.hook_scale') ? (s: tf.Tensor2D) => top(s, 'ln_final.hook_scale') : undefined;
+        const normed = top(this.finalNorm(x, scaleHook), 'ln_final.hook_normalized');
         const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
-        const logits = hookPoint(hooks, 'hook_logits', linear(last, w.lmHead())); // [tokens, vocab]
-        return keep ? { logits, finalNorm: normed } : { logits };
+        return top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
       });
       w.releaseHead();
       if (opts.cache) opts.cache.length += ids.length;
-      if (!keep) x.dispose();
-      return {
-        logits: head.logits,
-        ...(keep ? { embeddings, layerOutputs, finalNorm: head.finalNorm } : {}),
-        ...(routing.length > 0 ? { routing } : {}),
-      };
-    } catch (e) {
-      tf.dispose([x, ...layerOutputs, embeddings]);
-      throw e;
+      return { logits };
     } finally {
+      x.dispose();
       tf.dispose([rope.cos, rope.sin]);
     }
+  }
+
+  /**
+   * The final RMSNorm; with `scaleHook`, through its visible divisor (ln_final.hook_scale).
+   * @param x [tokens, hidden]
+   */
+  finalNorm(x: tf.Tensor2D, scaleHook?: (scale: tf.Tensor2D) => tf.Tensor2D): tf.Tensor2D {
+    const w = this.weights;
+    if (scaleHook !== undefined) return rmsNormWithScale(x, w.finalNorm(), this.config.rmsNormEps, scaleHook);
+    return (onSimdKernels(w.lmHead()) ? rmsNormFused : rmsNorm)(x, w.finalNorm(), this.config.rmsNormEps);
+  }
+
+  /**
+   * The unembedding (lm_head), used by the forward and by the logit lens alike.
+   * @param x [tokens, hidden], after the final norm
+   * @returns [tokens, vocab]
+   */
+  unembed(x: tf.Tensor2D): tf.Tensor2D {
+    return linear(x, this.weights.lmHead());
   }
 
   /** Frees every weight tensor and closes the checkpoint files. */
@@ -180,6 +226,9 @@ export class Transformer {
     const c = this.config;
     if (ids.length === 0) throw new InputError('empty input: at least one token id is needed');
     ids.forEach((id, i) => {
+      if (Array.isArray(id)) {
+        throw new InputError(`ids[${i}] is an array: give one prompt as number[], or a batch whose every row is a number[]`);
+      }
       if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) {
         throw new InputError(`token id ${id} at index ${i} is outside the vocabulary [0, ${c.vocabSize})`);
       }

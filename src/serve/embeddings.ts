@@ -6,6 +6,8 @@
  * - `last`: `<s>` + text + `</s>`, the final normalised hidden state of the last token (the
  *   `</s>`), as E5-style Mistral embedders (e5-mistral-7b-instruct) pool.
  */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { Hooks } from '../model/hooks.js';
 import type { Transformer } from '../model/transformer.js';
 import { disposeResult } from '../model/transformer.js';
 import type { Tokenizer } from '../tokenizer/index.js';
@@ -23,9 +25,13 @@ export function embeddingIds(tok: Tokenizer, text: string, pooling: Pooling): nu
 /** One text's embedding, [hidden], and how many tokens it took. */
 export function embed(model: Transformer, tok: Tokenizer, text: string, pooling: Pooling): { vector: Float32Array; tokens: number } {
   const ids = embeddingIds(tok, text, pooling);
-  const r = model.forward(ids, { hiddenStates: true });
+  // The final normalised hidden state, read where the forward forms it.
+  const seen: { h?: Float32Array } = {}; // [tokens, hidden]
+  const hooks: Hooks = new Map([['ln_final.hook_normalized', (t: tf.Tensor) => { seen.h = (t.dataSync() as Float32Array).slice(); }]]);
+  const r = model.forward(ids, { hooks });
   try {
-    const h = r.finalNorm!.dataSync(); // [tokens, hidden]
+    const h = seen.h;
+    if (h === undefined) throw new Error('ln_final.hook_normalized did not fire');
     const hidden = model.config.hiddenSize;
     const v = new Float64Array(hidden);
     const first = pooling === 'last' ? ids.length - 1 : 0;

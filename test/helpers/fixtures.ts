@@ -1,7 +1,9 @@
 /** Paths to the golden fixtures (copied from ../shared/golden) and the bundled demo models. */
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll } from 'vitest';
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, expect } from 'vitest';
+import { useBackend } from '../../src/kernels/backend.js';
 import { Transformer } from '../../src/model/transformer.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -36,4 +38,21 @@ export function sharedModels(): (name: string) => Transformer {
     if (m === undefined) models.set(name, (m = Transformer.load(modelDir(name))));
     return m;
   };
+}
+
+/**
+ * Loads `name` on `backend` with `weights`, runs `fn`, disposes the model, and checks that
+ * tfjs holds as many tensors as before the load (no leak, whatever `fn` did).
+ */
+export async function withModel(name: string, opts: { backend: 'cpu' | 'wasm'; weights?: 'eager' | 'resident' },
+  fn: (m: Transformer) => void): Promise<void> {
+  await useBackend(opts.backend);
+  const start = tf.memory().numTensors;
+  const m = Transformer.load(modelDir(name), { weights: opts.weights ?? 'eager' });
+  try {
+    fn(m);
+  } finally {
+    m.dispose();
+  }
+  expect(tf.memory().numTensors).toBe(start);
 }
