@@ -40,5 +40,7 @@ export * from './inspect/lens.js';
 export * from './inspect/parity.js';
 export * from './inspect/patching.js';
 export * from './inspect/patterns.js';
+export { attentionPicture, logitLensPicture, routerPicture, tokenLabel, type AttentionPictureOptions } from './inspect/pictures.js';
 export * from './inspect/routing.js';
 export { traceModel, writeTrace, type TraceReport } from './inspect/trace.js';
+export { heatmapSvg, svgToPng, type Heatmap, type Panel } from './inspect/svg.js';

@@ -1,0 +1,186 @@
+/**
+ * Executes the notebooks in notebooks/*.ipynb headless and writes their outputs back, so
+ * the committed notebooks read well on a code host. `npm run notebooks` runs it; a failing
+ * cell fails the command (and CI). Names on the command line run just those notebooks.
+ *
+ * What it needs, installed if absent (so a second run does nothing but execute):
+ * - Debian's Jupyter (`jupyter-nbconvert`, `python3-nbclient`, `jupyter-client`,
+ *   `python3-ipykernel`), run by Debian's /usr/bin/python3, not whatever python is on PATH;
+ * - the Deno kernel, from the `deno` npm package (a devDependency); its kernelspec is
+ *   written under node_modules/.cache, never into the user's Jupyter folders;
+ * - the package's build in dist/: the notebooks import `mistral-ref` as a user would, and
+ *   Deno resolves that name to dist/index.js through package.json's "exports".
+ *
+ * After each run the outputs are made portable: ANSI colour codes are removed, and the
+ * machine's paths (the repository, its parent, HOME) become relative ones. A notebook with
+ * no picture among its outputs, or one that took over a minute, is an error.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const NOTEBOOKS = path.join(ROOT, 'notebooks');
+const PYTHON = '/usr/bin/python3';
+const DEBIAN_PACKAGES = ['jupyter-nbconvert', 'python3-nbclient', 'jupyter-client', 'python3-ipykernel'];
+/** Seconds a notebook may take on the project's 2-core machine. */
+const BUDGET_S = 60;
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): void {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', env, cwd: ROOT });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${r.status ?? r.signal}`);
+}
+
+function hasJupyter(): boolean {
+  if (!fs.existsSync(PYTHON)) return false;
+  const r = spawnSync(PYTHON, ['-c', 'import nbconvert, nbclient, jupyter_client, ipykernel'], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+/** Debian's Jupyter, through apt-get as root (or sudo). */
+function ensureJupyter(): void {
+  if (hasJupyter()) return;
+  const root = process.getuid?.() === 0;
+  const sudo = root ? [] : ['sudo'];
+  if (!root && spawnSync('sudo', ['-n', 'true'], { stdio: 'ignore' }).status !== 0) {
+    throw new Error(`Jupyter is missing; install the Debian packages ${DEBIAN_PACKAGES.join(' ')} (as root), then run again`);
+  }
+  console.log(`notebooks: installing ${DEBIAN_PACKAGES.join(' ')} with apt-get`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const apt = (...args: string[]) => (sudo.length ? run('sudo', ['-E', 'apt-get', ...args], env) : run('apt-get', args, env));
+  apt('update', '-qq');
+  apt('install', '-y', '-qq', '--no-install-recommends', ...DEBIAN_PACKAGES);
+  if (!hasJupyter()) throw new Error('apt-get installed Jupyter, but /usr/bin/python3 still cannot import nbconvert');
+}
+
+/** The Deno binary the npm package ships (its bin entry is the binary, or a .cjs launcher if npm skipped its postinstall). */
+function denoCommand(): string[] {
+  const bin = path.join(ROOT, 'node_modules', '.bin', 'deno');
+  if (!fs.existsSync(bin)) throw new Error('node_modules/.bin/deno is missing: run npm ci (deno is a devDependency)');
+  const real = fs.realpathSync(bin);
+  return real.endsWith('.cjs') ? [process.execPath, real] : [real];
+}
+
+/** A kernelspec of our own, found through JUPYTER_PATH; returns that folder. */
+function writeKernelspec(): string {
+  const dir = path.join(ROOT, 'node_modules', '.cache', 'mistral-ref-notebooks', 'jupyter');
+  const spec = path.join(dir, 'kernels', 'deno');
+  fs.mkdirSync(spec, { recursive: true });
+  const kernel = {
+    argv: [...denoCommand(), 'jupyter', '--kernel', '--conn', '{connection_file}'],
+    display_name: 'Deno',
+    language: 'typescript',
+  };
+  fs.writeFileSync(path.join(spec, 'kernel.json'), JSON.stringify(kernel, null, 2) + '\n');
+  return dir;
+}
+
+/** dist/ is what `mistral-ref` resolves to: rebuild when any source is newer. */
+function ensureBuild(): void {
+  const built = path.join(ROOT, 'dist', 'index.js');
+  const stamp = fs.existsSync(built) ? fs.statSync(built).mtimeMs : 0;
+  const newer = (dir: string): boolean => fs.readdirSync(dir, { withFileTypes: true }).some((e) => {
+    const p = path.join(dir, e.name);
+    return e.isDirectory() ? newer(p) : e.name.endsWith('.ts') && fs.statSync(p).mtimeMs > stamp;
+  });
+  if (stamp === 0 || newer(path.join(ROOT, 'src'))) {
+    console.log('notebooks: building dist/');
+    run('npm', ['run', '--silent', 'build']);
+  }
+}
+
+// eslint-disable-next-line no-control-regex
+const ANSI = /\x1b\[[0-9;?]*[ -/]*[@-~]/g;
+
+/** Text with colour codes removed and the machine's paths made relative to the notebook. */
+function portable(text: string): string {
+  let s = text.replace(ANSI, '');
+  const home = process.env.HOME;
+  // Longest first: the repository lies inside its parent, which may lie inside HOME.
+  const swaps: Array<[string, string]> = [[ROOT, '..'], [path.dirname(ROOT), '../..']];
+  if (home && home !== '/') swaps.push([home, '~']);
+  for (const [from, to] of swaps) s = s.split(from).join(to);
+  return s;
+}
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+function mapStrings(v: Json, f: (s: string) => string): Json {
+  if (typeof v === 'string') return f(v);
+  if (Array.isArray(v)) return v.map((x) => mapStrings(x, f));
+  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, mapStrings(x, f)]));
+  return v;
+}
+
+/** JSON as nbformat writes it (indent 1, sorted keys), so Jupyter's own saves diff cleanly. */
+function nbJson(v: Json, indent = ''): string {
+  const inner = indent + ' ';
+  if (Array.isArray(v)) return v.length === 0 ? '[]' : `[\n${v.map((x) => inner + nbJson(x, inner)).join(',\n')}\n${indent}]`;
+  if (v !== null && typeof v === 'object') {
+    const keys = Object.keys(v).sort();
+    return keys.length === 0 ? '{}' : `{\n${keys.map((k) => `${inner}${JSON.stringify(k)}: ${nbJson(v[k]!, inner)}`).join(',\n')}\n${indent}}`;
+  }
+  return JSON.stringify(v);
+}
+
+interface Cell { cell_type: string; outputs?: Array<{ output_type: string; data?: Record<string, Json> }> }
+
+/** Cleans the executed notebook in place; returns how many pictures its outputs hold. */
+function tidyOutputs(file: string): number {
+  const nb = JSON.parse(fs.readFileSync(file, 'utf8')) as { cells: Array<Cell & Record<string, Json>> } & Record<string, Json>;
+  let pictures = 0;
+  for (const cell of nb.cells) {
+    if (cell.cell_type !== 'code') continue;
+    cell.outputs = mapStrings(cell.outputs as unknown as Json, portable) as unknown as Cell['outputs'];
+    for (const o of cell.outputs ?? []) if (o.data && ('image/svg+xml' in o.data || 'image/png' in o.data)) pictures++;
+  }
+  fs.writeFileSync(file, nbJson(nb as unknown as Json) + '\n');
+  return pictures;
+}
+
+function main(): void {
+  const wanted = process.argv.slice(2).map((a) => path.basename(a));
+  const files = fs.readdirSync(NOTEBOOKS).filter((f) => f.endsWith('.ipynb') && (wanted.length === 0 || wanted.includes(f))).sort();
+  if (files.length === 0) throw new Error(`no notebooks${wanted.length ? ` named ${wanted.join(', ')}` : ''} in notebooks/`);
+
+  ensureJupyter();
+  ensureBuild();
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    JUPYTER_PATH: writeKernelspec(),
+    NO_COLOR: '1', // Deno's console.log and warnings without colour codes
+    PYDEVD_DISABLE_FILE_VALIDATION: '1',
+  };
+  const failed: string[] = [];
+  for (const f of files) {
+    const file = path.join(NOTEBOOKS, f);
+    const start = performance.now();
+    const r = spawnSync(PYTHON, ['-m', 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
+      '--ExecutePreprocessor.kernel_name=deno', '--ExecutePreprocessor.timeout=120',
+      '--ExecutePreprocessor.record_timing=False', file], { cwd: NOTEBOOKS, env, encoding: 'utf8' });
+    const seconds = (performance.now() - start) / 1000;
+    if (r.status !== 0) {
+      process.stderr.write(portable(r.stderr ?? ''));
+      failed.push(`${f}: a cell failed`);
+      continue;
+    }
+    const pictures = tidyOutputs(file);
+    console.log(`notebooks: ${f}  ${seconds.toFixed(1)} s, ${pictures} picture${pictures === 1 ? '' : 's'}`);
+    if (pictures === 0) failed.push(`${f}: no picture among its outputs`);
+    if (seconds > BUDGET_S) failed.push(`${f}: took ${seconds.toFixed(0)} s, over the ${BUDGET_S} s budget`);
+  }
+  if (failed.length > 0) {
+    console.error(`notebooks: ${failed.length} of ${files.length} failed:\n  ${failed.join('\n  ')}`);
+    process.exit(1);
+  }
+  console.log(`notebooks: all ${files.length} ran, every cell green`);
+}
+
+try {
+  main();
+} catch (e) {
+  console.error(`notebooks: ${(e as Error).message}`);
+  process.exit(1);
+}
