@@ -6,6 +6,7 @@
  * What it needs, installed if absent (so a second run does nothing but execute):
  * - Debian's Jupyter (`jupyter-nbconvert`, `python3-nbclient`, `jupyter-client`,
  *   `python3-ipykernel`), run by Debian's /usr/bin/python3, not whatever python is on PATH;
+ *   execute-notebook.py drives nbclient (see there why not plain `jupyter nbconvert --execute`);
  * - the Deno kernel, from the `deno` npm package (a devDependency); its kernelspec is
  *   written under node_modules/.cache, never into the user's Jupyter folders;
  * - the package's build in dist/: the notebooks import `mistral-ref` as a user would, and
@@ -157,9 +158,7 @@ function main(): void {
   for (const f of files) {
     const file = path.join(NOTEBOOKS, f);
     const start = performance.now();
-    const r = spawnSync(PYTHON, ['-m', 'nbconvert', '--to', 'notebook', '--execute', '--inplace',
-      '--ExecutePreprocessor.kernel_name=deno', '--ExecutePreprocessor.timeout=120',
-      '--ExecutePreprocessor.record_timing=False', file], { cwd: NOTEBOOKS, env, encoding: 'utf8' });
+    const r = spawnSync(PYTHON, [path.join(ROOT, 'scripts', 'execute-notebook.py'), file, NOTEBOOKS], { cwd: NOTEBOOKS, env, encoding: 'utf8' });
     const seconds = (performance.now() - start) / 1000;
     if (r.status !== 0) {
       process.stderr.write(portable(r.stderr ?? ''));
