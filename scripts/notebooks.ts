@@ -6,15 +6,14 @@
  * What it needs, installed if absent (so a second run does nothing but execute):
  * - Debian's Jupyter (`jupyter-nbconvert`, `python3-nbclient`, `jupyter-client`,
  *   `python3-ipykernel`), run by Debian's /usr/bin/python3, not whatever python is on PATH;
- *   execute-notebook.py drives nbclient (see there why not plain `jupyter nbconvert --execute`);
  * - the Deno kernel, from the `deno` npm package (a devDependency); its kernelspec is
  *   written under node_modules/.cache, never into the user's Jupyter folders;
  * - the package's build in dist/: the notebooks import `mistral-ref` as a user would, and
  *   Deno resolves that name to dist/index.js through package.json's "exports".
  *
- * After each run the outputs are made portable: ANSI colour codes are removed, and the
- * machine's paths (the repository, its parent, HOME) become relative ones. A notebook with
- * no picture among its outputs, or one that took over a minute, is an error.
+ * execute-notebook.py runs each one and makes its outputs portable (no ANSI colour codes,
+ * no machine paths). A notebook with no picture among its outputs, or one that took over a
+ * minute, is an error.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -92,55 +91,6 @@ function ensureBuild(): void {
   }
 }
 
-// eslint-disable-next-line no-control-regex
-const ANSI = /\x1b\[[0-9;?]*[ -/]*[@-~]/g;
-
-/** Text with colour codes removed and the machine's paths made relative to the notebook. */
-function portable(text: string): string {
-  let s = text.replace(ANSI, '');
-  const home = process.env.HOME;
-  // Longest first: the repository lies inside its parent, which may lie inside HOME.
-  const swaps: Array<[string, string]> = [[ROOT, '..'], [path.dirname(ROOT), '../..']];
-  if (home && home !== '/') swaps.push([home, '~']);
-  for (const [from, to] of swaps) s = s.split(from).join(to);
-  return s;
-}
-
-type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
-
-function mapStrings(v: Json, f: (s: string) => string): Json {
-  if (typeof v === 'string') return f(v);
-  if (Array.isArray(v)) return v.map((x) => mapStrings(x, f));
-  if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, mapStrings(x, f)]));
-  return v;
-}
-
-/** JSON as nbformat writes it (indent 1, sorted keys), so Jupyter's own saves diff cleanly. */
-function nbJson(v: Json, indent = ''): string {
-  const inner = indent + ' ';
-  if (Array.isArray(v)) return v.length === 0 ? '[]' : `[\n${v.map((x) => inner + nbJson(x, inner)).join(',\n')}\n${indent}]`;
-  if (v !== null && typeof v === 'object') {
-    const keys = Object.keys(v).sort();
-    return keys.length === 0 ? '{}' : `{\n${keys.map((k) => `${inner}${JSON.stringify(k)}: ${nbJson(v[k]!, inner)}`).join(',\n')}\n${indent}}`;
-  }
-  return JSON.stringify(v);
-}
-
-interface Cell { cell_type: string; outputs?: Array<{ output_type: string; data?: Record<string, Json> }> }
-
-/** Cleans the executed notebook in place; returns how many pictures its outputs hold. */
-function tidyOutputs(file: string): number {
-  const nb = JSON.parse(fs.readFileSync(file, 'utf8')) as { cells: Array<Cell & Record<string, Json>> } & Record<string, Json>;
-  let pictures = 0;
-  for (const cell of nb.cells) {
-    if (cell.cell_type !== 'code') continue;
-    cell.outputs = mapStrings(cell.outputs as unknown as Json, portable) as unknown as Cell['outputs'];
-    for (const o of cell.outputs ?? []) if (o.data && ('image/svg+xml' in o.data || 'image/png' in o.data)) pictures++;
-  }
-  fs.writeFileSync(file, nbJson(nb as unknown as Json) + '\n');
-  return pictures;
-}
-
 function main(): void {
   const wanted = process.argv.slice(2).map((a) => path.basename(a));
   const files = fs.readdirSync(NOTEBOOKS).filter((f) => f.endsWith('.ipynb') && (wanted.length === 0 || wanted.includes(f))).sort();
@@ -158,14 +108,14 @@ function main(): void {
   for (const f of files) {
     const file = path.join(NOTEBOOKS, f);
     const start = performance.now();
-    const r = spawnSync(PYTHON, [path.join(ROOT, 'scripts', 'execute-notebook.py'), file, NOTEBOOKS], { cwd: NOTEBOOKS, env, encoding: 'utf8' });
+    const r = spawnSync(PYTHON, [path.join(ROOT, 'scripts', 'execute-notebook.py'), file, ROOT], { cwd: NOTEBOOKS, env, encoding: 'utf8' });
     const seconds = (performance.now() - start) / 1000;
     if (r.status !== 0) {
-      process.stderr.write(portable(r.stderr ?? ''));
+      process.stderr.write(r.stderr ?? '');
       failed.push(`${f}: a cell failed`);
       continue;
     }
-    const pictures = tidyOutputs(file);
+    const pictures = Number(r.stdout.trim().split('\n').pop());
     console.log(`notebooks: ${f}  ${seconds.toFixed(1)} s, ${pictures} picture${pictures === 1 ? '' : 's'}`);
     if (pictures === 0) failed.push(`${f}: no picture among its outputs`);
     if (seconds > BUDGET_S) failed.push(`${f}: took ${seconds.toFixed(0)} s, over the ${BUDGET_S} s budget`);
