@@ -15,6 +15,7 @@ import sys
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 FLUSH = "\n;await new Promise((resolve) => setTimeout(resolve, 40));"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -47,6 +48,8 @@ for cell in nb.cells:
 try:
     NotebookClient(nb, timeout=120, kernel_name="deno", record_timing=False,
                    resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
+except CellExecutionError as e:
+    sys.exit(str(e))  # the cell and its error, without nbclient's traceback
 finally:
     for cell, source in zip(nb.cells, sources):
         cell.source = source
