@@ -10,10 +10,13 @@
  *   h512    mistral-7b-v0.1 shrunk to hidden 512, 8 layers, 8 heads / 2 kv heads, intermediate
  *           1536 (57M parameters, BF16); run as stored (W = 4096) and loaded with W = 128
  *   7b      mistral-7b-v0.1 at full width with 2 and with 4 layers (BF16, 1.4 and 2.3 GB)
- *   mixtral mixtral-8x7b at full width with 2 layers (BF16, 6.3 GB), in stream mode on the cpu
- *           backend (stream holds float32 tfjs tensors; a 7B-wide expert and the packed copy
- *           XNNPACK makes of it crowd tfjs-wasm's 4 GiB heap): the expert cache's hit rate,
- *           and decode against the bytes it reads from the files per token ÷ their read rate
+ *   mixtral mixtral-8x7b at full width with 2 layers (BF16, 6.3 GB), in stream mode, once on
+ *           the simd kernels (experts at stored width in kernel memory) and once on the tfjs
+ *           kernels (float32 tensors, cpu backend: a 7B-wide expert and the packed copy XNNPACK
+ *           makes of it crowd tfjs-wasm's 4 GiB heap). The expert cache gets the share of the
+ *           experts a whole Mixtral 8x7B would get in this machine's free memory (so the hit
+ *           rate is the full model's, not that of 16 experts that all fit); reported: the hit
+ *           rate, and decode against the bytes it reads from the files per token ÷ their read rate
  *   --full  the whole 32-layer mistral-7b-v0.1 (BF16, 14.5 GB): also load time against the
  *           disk read rate of its files, and peak RSS
  *
@@ -44,11 +47,12 @@ import { checkpointSize } from '../src/cli/common.js';
 import { generate } from '../src/generate/index.js';
 import { planSynth, synthesize, type SynthOptions, type SynthPlan } from '../src/io/synthetic.js';
 import { useBackend, type BackendName } from '../src/kernels/backend.js';
+import type { KernelsName } from '../src/kernels/linear.js';
 import { kernelVariant } from '../src/kernels/simd/arena.js';
 import { defaultThreads, setThreads } from '../src/kernels/simd/pool.js';
 import { measureReadRate, measureSimdFlops } from '../src/kernels/simd/probe.js';
 import type { ModelConfig } from '../src/model/config.js';
-import { residencyProblem, type Residency } from '../src/model/residency.js';
+import { defaultExpertCacheBytes, residencyProblem, storedStreamPlan, type Residency } from '../src/model/residency.js';
 import { Transformer } from '../src/model/transformer.js';
 
 const { values } = parseArgs({
@@ -99,9 +103,12 @@ interface Workload {
   readonly reps: number;
   /** The full model: also measure load time against the disk read rate. */
   readonly full?: boolean;
-  /** Residency and backend of this workload, when not the command line's (mixtral: stream, cpu). */
+  /** Residency, kernels and backend of this workload, when not the command line's (mixtral: stream). */
   readonly weights?: Residency;
+  readonly kernels?: KernelsName;
   readonly backend?: BackendName;
+  /** Stream mode: size the expert cache as for this many layers of the same model (see mixtral). */
+  readonly expertCacheAsLayers?: number;
   /** Decode only, after a prompt of this many tokens (for workloads too slow to prefill 512). */
   readonly decodeOnlyAfter?: number;
 }
@@ -128,8 +135,10 @@ if (chosen.includes('7b')) {
   workloads.push({ name: '7b-4L', prepare: () => synthOnce('7b-4L', sevenB(4)), ...large });
 }
 if (chosen.includes('mixtral')) {
-  workloads.push({ name: 'mixtral-2L', prepare: () => synthOnce('mixtral-2L', { preset: 'mixtral-8x7b', dtype: 'BF16', layers: 2 }),
-    decode: decodeArg ?? 6, reps: 1, weights: 'stream', backend: 'cpu', decodeOnlyAfter: 8 });
+  const mixtral = { prepare: () => synthOnce('mixtral-2L', { preset: 'mixtral-8x7b', dtype: 'BF16', layers: 2 }),
+    decode: decodeArg ?? 6, reps: 1, weights: 'stream', decodeOnlyAfter: 8, expertCacheAsLayers: 32 } as const;
+  workloads.push({ name: 'mixtral-2L', ...mixtral, kernels: 'simd' });
+  workloads.push({ name: 'mixtral-2L', ...mixtral, kernels: 'tfjs', backend: 'cpu' });
 }
 if (values.full) workloads.push({ name: '7b-32L', prepare: () => synthOnce('7b-32L', sevenB(), true), ...large, full: true });
 
@@ -187,6 +196,25 @@ function synthOnce(name: string, opts: SynthOptions, checkDisk = false): { dir: 
 }
 
 // ── measuring ────────────────────────────────────────────────────────────────────────────
+
+/**
+ * The expert cache a model of `layers` layers (same shape as the one in `dir`) would get in
+ * this machine's free memory, scaled down to the layers `dir` has: the cache then holds the
+ * same share of the experts as it would for the whole model.
+ */
+function expertShare(dir: string, layers: number, kernels: KernelsName): number {
+  const m = Transformer.load(dir, { weights: 'stream', kernels, expertCacheBytes: 0 }); // headers only
+  try {
+    const c = m.config;
+    const size = checkpointSize(dir);
+    const whole = kernels === 'simd'
+      ? storedStreamPlan({ ...c, numLayers: layers }, size.storedBytes / (size.float32Bytes / 4)).expertCacheBytes
+      : defaultExpertCacheBytes({ ...c, numLayers: layers });
+    return (whole * c.numLayers) / layers;
+  } finally {
+    m.dispose();
+  }
+}
 
 /** Deterministic ids inside the vocabulary, BOS first (the demo has 99 ids, 7B 32000). */
 const promptOf = (n: number, vocab: number) => [1, ...Array.from({ length: n - 1 }, (_, i) => 3 + ((i * 7919) % (vocab - 3)))];
@@ -325,7 +353,8 @@ async function runWorkload(w: Workload, probes: readonly Probe[]): Promise<Row[]
   const window = w.overrides?.slidingWindow !== undefined ? `${w.overrides.slidingWindow} (override)` : '';
   const weights = w.weights ?? weightsArg;
   await useBackend(w.backend ?? backend);
-  const row: Row = { workload: w.name, weights: w.backend ? `${weights}, ${w.backend}` : weights, window, threads: probes[0]!.threads, decodeTokens: w.decode, reps: w.reps };
+  const row: Row = { workload: w.name, weights: [weights, ...(w.kernels ? [w.kernels] : []), ...(w.backend ? [w.backend] : [])].join(', '),
+    window, threads: probes[0]!.threads, decodeTokens: w.decode, reps: w.reps };
   const ready = w.prepare();
   if ('skip' in ready) return [{ ...row, skipped: ready.skip }];
   const size = checkpointSize(ready.dir);
@@ -353,6 +382,8 @@ async function runWorkload(w: Workload, probes: readonly Probe[]): Promise<Row[]
   let shown = 0;
   const model = Transformer.load(ready.dir, {
     weights,
+    ...(w.kernels ? { kernels: w.kernels } : {}),
+    ...(w.expertCacheAsLayers ? { expertCacheBytes: expertShare(ready.dir, w.expertCacheAsLayers, w.kernels ?? 'simd') } : {}),
     ...(w.overrides ? { overrides: w.overrides } : {}),
     onProgress: (loaded) => {
       if (size.storedBytes < 2 ** 30 || (loaded - shown < size.storedBytes / 10 && loaded < size.storedBytes)) return;

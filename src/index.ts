@@ -16,7 +16,8 @@ export * from './io/errors.js';
 export * from './io/reference.js';
 export * from './io/safetensors.js';
 export * from './kernels/backend.js';
-export { KERNELS, linear, makeLinear, type KernelsName, type Linear, type StoredLinear, type TensorLinear } from './kernels/linear.js';
+export { KERNELS, linear, makeLinear, type KernelsName, type Linear, type SplitLinear, type StoredLinear, type TensorLinear } from './kernels/linear.js';
+export { probeWebGpu, type WebGpuAdapterInfo } from './kernels/webgpu.js';
 export { defaultThreads, getThreads, MAX_THREADS, setThreads, closeKernelPool } from './kernels/simd/pool.js';
 export * from './tokenizer/index.js';
 

@@ -97,7 +97,7 @@ describe('logit lens', () => {
   });
 
   it('works with streamed weights and leaves them released', () => {
-    const model = Transformer.load(modelDir('mistral-tiny'), { weights: 'stream' });
+    const model = Transformer.load(modelDir('mistral-tiny'), { weights: 'stream', kernels: 'tfjs' });
     const eager = load('mistral-tiny');
     const before = tf.memory().numTensors;
     const a = logitLens(model, IDS);

@@ -158,8 +158,8 @@ describe('native checkpoint adapter', () => {
 
   it('turns the native checkpoint into exactly the HF weights', () => {
     for (const [hf, native] of [['mistral-tiny', 'mistral-tiny-native'], ['mixtral-tiny', 'mixtral-tiny-native']]) {
-      const a = Transformer.load(modelDir(hf!), { weights: 'stream' });
-      const b = Transformer.load(modelDir(native!), { weights: 'stream' });
+      const a = Transformer.load(modelDir(hf!), { weights: 'stream', kernels: 'tfjs' });
+      const b = Transformer.load(modelDir(native!), { weights: 'stream', kernels: 'tfjs' });
       const wa = a.weights.layer(1);
       const wb = b.weights.layer(1);
       for (const key of ['q', 'k', 'v', 'o'] as const) {

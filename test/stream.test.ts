@@ -1,7 +1,8 @@
 /**
  * Weight residency: `stream` (each layer read from disk when the forward reaches it, then
- * freed) gives bit-identical results to `eager` on every golden model, holds at most one
- * layer at a time, and reads a Mixtral expert only when a token is routed to it.
+ * freed) gives bit-identical results to `eager` (tfjs kernels) and to `resident` (simd
+ * kernels) on every golden model, holds at most one layer at a time, and reads a Mixtral
+ * expert only when a token is routed to it.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -11,7 +12,9 @@ import { MultiFileStore } from '../src/io/checkpoint.js';
 import { useBackend } from '../src/kernels/backend.js';
 import type { HookFn } from '../src/model/hooks.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { chooseResidency, estimateMemory, residencyProblem, type Residency } from '../src/model/residency.js';
+import type { KernelsName } from '../src/kernels/linear.js';
+import { parseHfConfig } from '../src/model/config.js';
+import { chooseResidency, estimateMemory, residencyProblem, storedStreamPlan, type Residency } from '../src/model/residency.js';
 import { runCli } from './helpers/cli.js';
 import { GOLDEN_MODELS, modelDir, refFile } from './helpers/fixtures.js';
 
@@ -20,8 +23,8 @@ afterEach(() => vi.restoreAllMocks());
 const bits = (t: tf.Tensor) => Array.from(new Uint32Array((t.dataSync() as Float32Array).slice().buffer));
 
 /** Every float32 a model produces for one prompt: a full forward with hidden states, then cached decoding. */
-function outputs(model: string, weights: Residency): number[][] {
-  const m = Transformer.load(modelDir(model), { weights });
+function outputs(model: string, weights: Residency, kernels: KernelsName): number[][] {
+  const m = Transformer.load(modelDir(model), { weights, kernels });
   try {
     const V = m.config.vocabSize;
     const ids = Array.from({ length: 12 }, (_, t) => (7 * t + 3) % V);
@@ -49,18 +52,30 @@ describe.each(['cpu', 'wasm'] as const)('stream and eager agree bit for bit on %
   it.each(GOLDEN_MODELS)('$model', async ({ model }) => {
     await useBackend(backend);
     const before = tf.memory().numTensors;
-    const eager = outputs(model, 'eager');
-    const stream = outputs(model, 'stream');
+    const eager = outputs(model, 'eager', 'tfjs');
+    const stream = outputs(model, 'stream', 'tfjs');
     expect(stream.length).toBe(eager.length);
     stream.forEach((s, i) => expect(s, `output ${i}`).toEqual(eager[i]));
     expect(tf.memory().numTensors).toBe(before);
   });
 });
 
+describe.each(['cpu', 'wasm'] as const)('stream and resident agree bit for bit on the simd kernels, %s', (backend) => {
+  it.each(GOLDEN_MODELS)('$model', async ({ model }) => {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    const resident = outputs(model, 'resident', 'simd');
+    const stream = outputs(model, 'stream', 'simd');
+    expect(stream.length).toBe(resident.length);
+    stream.forEach((s, i) => expect(s, `output ${i}`).toEqual(resident[i]));
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
 describe('stream residency', () => {
-  it('holds no weights between forwards and at most one layer during one', async () => {
+  it.each(['tfjs', 'simd'] as const)('holds no weights between forwards and at most one layer during one (%s kernels)', async (kernels) => {
     await useBackend('cpu');
-    const m = Transformer.load(modelDir('mistral-tiny'), { weights: 'stream' });
+    const m = Transformer.load(modelDir('mistral-tiny'), { weights: 'stream', kernels });
     try {
       const est = estimateMemory(m.config);
       expect(m.weights.residentBytes).toBe(0);
@@ -81,9 +96,9 @@ describe('stream residency', () => {
     }
   });
 
-  it('holds one Mixtral expert at a time with no expert cache, however many the tokens choose', async () => {
+  it.each(['tfjs', 'simd'] as const)('holds one Mixtral expert at a time with no expert cache, however many the tokens choose (%s kernels)', async (kernels) => {
     await useBackend('cpu');
-    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 0 });
+    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', kernels, expertCacheBytes: 0 });
     try {
       let resident = -1;
       const hooks = new Map<string, HookFn>([['blocks.0.hook_mlp_out', () => { resident = m.weights.residentBytes; }]]);
@@ -99,13 +114,13 @@ describe('stream residency', () => {
     }
   });
 
-  it('keeps recently used experts within the cache budget, least recently used out, with the same results', async () => {
+  it.each(['tfjs', 'simd'] as const)('keeps recently used experts within the cache budget, least recently used out, with the same results (%s kernels)', async (kernels) => {
     await useBackend('cpu');
     const ids = [3, 14, 15, 92, 65, 35, 89, 79, 323, 84];
     const expertBytes = 4 * 3 * 128 * 64; // mixtral-tiny: w1, w3 [128, 64], w2 [64, 128], float32
-    const none = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 0 });
-    const some = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 3 * expertBytes });
-    const all = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', expertCacheBytes: 1e9 });
+    const none = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', kernels, expertCacheBytes: 0 });
+    const some = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', kernels, expertCacheBytes: 3 * expertBytes });
+    const all = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', kernels, expertCacheBytes: 1e9 });
     try {
       const logits = [none, some, all].map((m) => {
         const out: Float32Array[] = [];
@@ -145,10 +160,12 @@ describe('stream residency', () => {
     }
   });
 
-  it.each(['mixtral-tiny', 'mixtral-tiny-native', 'mixtral-demo'])('%s reads only the experts a token is routed to', async (model) => {
+  it.each(['mixtral-tiny', 'mixtral-tiny-native', 'mixtral-demo'].flatMap((model) => (['tfjs', 'simd'] as const).map((kernels) => [model, kernels] as const)))(
+    '%s reads only the experts a token is routed to (%s kernels)', async (model, kernels) => {
     await useBackend('cpu');
-    const read = vi.spyOn(MultiFileStore.prototype, 'readFloat32');
-    const m = Transformer.load(modelDir(model), { weights: 'stream' });
+    // tfjs kernels read float32 copies, the simd kernels the stored bytes.
+    const read = vi.spyOn(MultiFileStore.prototype, kernels === 'tfjs' ? 'readFloat32' : 'readInto');
+    const m = Transformer.load(modelDir(model), { weights: 'stream', kernels });
     try {
       expect(read).not.toHaveBeenCalled(); // load reads headers only
       const r = m.forward([3], {});
@@ -173,6 +190,69 @@ describe('stream residency', () => {
     } finally {
       m.dispose();
     }
+  });
+});
+
+describe('stream residency on the simd kernels', () => {
+  it('Mixtral keeps what is not an expert once read: later tokens read only the experts they miss', async () => {
+    await useBackend('cpu');
+    const m = Transformer.load(modelDir('mixtral-tiny'), { weights: 'stream', kernels: 'simd', expertCacheBytes: 0 });
+    try {
+      const c = m.config;
+      const first = m.forward([3, 14, 15]);
+      disposeResult(first);
+      // Everything but the experts and the embedding table (read row by row), float32 on disk:
+      // per layer q 64·64 + k 32·64 + v 32·64 + o 64·64 + router 4·64, two norms 2·64; the final
+      // norm 64 and the unembedding 1000·64; plus the one expert the budget of 0 keeps, 3·128·64.
+      const shared = 4 * (c.numLayers * (4096 + 2048 + 2048 + 4096 + 256 + 128) + 64 + 1000 * 64);
+      expect(m.weights.residentBytes).toBe(shared + 4 * 3 * 128 * 64);
+      const read0 = m.weights.bytesRead;
+      const misses0 = m.weights.expertCache.misses;
+      const next = m.forward([92]);
+      disposeResult(next);
+      // The second forward reads one embedding row and the experts it missed, nothing else.
+      expect(m.weights.bytesRead - read0).toBe(4 * 64 + (m.weights.expertCache.misses - misses0) * 4 * 3 * 128 * 64);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('reuses freed kernel memory: streaming more tokens does not grow it', async () => {
+    await useBackend('cpu');
+    for (const model of ['mistral-tiny-bf16', 'mixtral-tiny']) {
+      const m = Transformer.load(modelDir(model), { weights: 'stream', kernels: 'simd', expertCacheBytes: 0 });
+      try {
+        const cache = m.createCache();
+        disposeResult(m.forward([1, 2, 3, 4], { cache, lastOnly: true }));
+        disposeResult(m.forward([5], { cache, lastOnly: true }));
+        const settled = m.weights.kernelMemoryBytes;
+        expect(settled, model).toBeGreaterThan(0);
+        for (let t = 0; t < 6; t++) disposeResult(m.forward([(7 * t + 1) % m.config.vocabSize], { cache, lastOnly: true }));
+        expect(m.weights.kernelMemoryBytes, model).toBe(settled);
+        cache.dispose();
+      } finally {
+        m.dispose();
+      }
+    }
+  });
+
+  it('plans the memory of a Mixtral 8x7B in bf16 on a 24 GiB machine', () => {
+    const config = parseHfConfig({
+      model_type: 'mixtral', hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32,
+      num_attention_heads: 32, num_key_value_heads: 8, vocab_size: 32000, max_position_embeddings: 32768,
+      rms_norm_eps: 1e-5, rope_theta: 1e6, sliding_window: null, num_local_experts: 8, num_experts_per_tok: 2,
+      tie_word_embeddings: false,
+    }, 'config.json');
+    const GiB = 2 ** 30;
+    // Outside the experts, at 2 bytes: per layer q and o 4096·4096, k and v 1024·4096, router
+    // 8·4096 (41 975 808 parameters, × 32 layers), and the unembedding 32000·4096.
+    const shared = 2 * (32 * 41_975_808 + 32000 * 4096);
+    expect(shared).toBe(2_948_595_712);
+    expect(storedStreamPlan(config, 2, 22 * GiB)).toEqual({ keepShared: true, expertCacheBytes: 0.85 * 22 * GiB - shared });
+    // Too little memory to keep them: everything streams, and the experts get the whole share.
+    expect(storedStreamPlan(config, 2, 6 * GiB)).toEqual({ keepShared: false, expertCacheBytes: 0.85 * 6 * GiB });
+    // Dense models have nothing to plan.
+    expect(storedStreamPlan({ ...config, numExperts: null }, 2, 22 * GiB)).toEqual({ keepShared: false, expertCacheBytes: 0 });
   });
 });
 
@@ -237,7 +317,8 @@ describe('--weights auto', () => {
 
   it('the CLI accepts --weights auto|resident|eager|stream with the kernels that run them, and refuses anything else', async () => {
     for (const args of [['--weights', 'auto'], ['--weights', 'resident'], ['--weights', 'eager'], ['--weights', 'stream'],
-      ['--kernels', 'tfjs'], ['--kernels', 'simd'], ['--weights', 'auto', '--kernels', 'tfjs'], ['--weights', 'eager', '--kernels', 'tfjs']]) {
+      ['--kernels', 'tfjs'], ['--kernels', 'simd'], ['--weights', 'auto', '--kernels', 'tfjs'], ['--weights', 'eager', '--kernels', 'tfjs'],
+      ['--weights', 'stream', '--kernels', 'simd'], ['--weights', 'stream', '--kernels', 'tfjs']]) {
       const r = await runCli(['parity', '--model', modelDir('mixtral-tiny'), '--reference', refFile('mixtral-tiny'), ...args]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stderr).toBe(''); // not interactive: auto says nothing

@@ -123,7 +123,7 @@ describe('written checkpoints', () => {
     await useBackend('cpu');
     const before = tf.memory().numTensors;
     const logits = (weights: 'eager' | 'stream') => {
-      const m = Transformer.load(out, { weights });
+      const m = Transformer.load(out, { weights, kernels: 'tfjs' });
       try {
         expect(m.config).toMatchObject({ hiddenSize: 64, numLayers: 2, slidingWindow: 4096, ropeTheta: 10000, vocabSize: 256 });
         const r = m.forward([1, 17, 200, 3, 99]);

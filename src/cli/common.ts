@@ -24,15 +24,17 @@ export const MODEL_OPTIONS = {
 export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (config.json + model.safetensors, or sharded
                          with model.safetensors.index.json) or native (params.json + consolidated.safetensors)
   --backend NAME         cpu (default, the readable reference), wasm (fast), tensorflow
-                         (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node)
+                         (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node),
+                         webgpu (Dawn: a GPU, or Mesa's software adapter; see mistral-ref backends)
   --weights MODE         auto (default: resident when the stored weights fit in free memory,
                          else stream), resident (every weight kept at its stored width, bf16 at
                          2 bytes, multiplied by the simd kernels; fastest), eager (every weight
                          a float32 tfjs tensor) or stream (each layer read from disk when the
-                         forward reaches it, then freed)
-  --kernels NAME         simd (default with auto/resident: the project's wasm SIMD kernels over
-                         stored-width weights) or tfjs (tfjs ops over float32 tensors, the
-                         reference path; the default with --weights eager|stream)
+                         forward reaches it, then freed; Mixtral keeps what is not an expert
+                         and the recently used experts while memory allows)
+  --kernels NAME         simd (default but with --weights eager: the project's wasm SIMD
+                         kernels over stored-width weights) or tfjs (tfjs ops over float32
+                         tensors, the reference path; the default with --weights eager, and on webgpu)
   --threads N            threads for the simd kernels (default: every core, here ${defaultThreads()})`;
 
 /**
@@ -45,13 +47,14 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
   await useBackend(name);
   const dir = required(values.model as string | undefined, '--model');
   const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
+  // On webgpu the products belong on the device: tfjs kernels over float32 tensors by default.
   const kernels = oneOf<KernelsName>(values.kernels as string | undefined, '--kernels', KERNELS,
-    mode === 'eager' || mode === 'stream' ? 'tfjs' : 'simd');
+    mode === 'eager' || name === 'webgpu' ? 'tfjs' : 'simd');
   if (kernels === 'tfjs' && mode === 'resident') {
     throw new UsageError('--weights resident runs on the simd kernels; with --kernels tfjs use --weights eager or stream');
   }
-  if (kernels === 'simd' && (mode === 'eager' || mode === 'stream')) {
-    throw new UsageError(`--weights ${mode} holds float32 tfjs tensors, multiplied by --kernels tfjs; the simd kernels use --weights resident`);
+  if (kernels === 'simd' && mode === 'eager') {
+    throw new UsageError('--weights eager holds float32 tfjs tensors, multiplied by --kernels tfjs; the simd kernels use --weights resident or stream');
   }
   setThreads(number(values.threads as string | undefined, '--threads', defaultThreads(), { min: 1, max: MAX_THREADS, integer: true }));
   const size = checkpointSize(dir);
@@ -76,7 +79,7 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
       io.stderr(`\rloading weights: ${(loaded / 1e9).toFixed(1)} / ${(size.storedBytes / 1e9).toFixed(1)} GB` + (loaded >= size.storedBytes ? '\n' : ''));
     }
     : undefined;
-  return Transformer.load(dir, { weights, ...(onProgress ? { onProgress } : {}) });
+  return Transformer.load(dir, { weights, kernels, ...(onProgress ? { onProgress } : {}) });
 }
 
 /** The line `auto` prints: only for streaming, which explains why a big model runs slowly. */

@@ -16,6 +16,7 @@ export const COMMANDS: Readonly<Record<string, string>> = {
   trace: 'per-layer table and pictures (attention, routing, logit lens) for a prompt',
   inspect: 'describe a checkpoint: layout, config, tensors, memory',
   synth: 'write a synthetic full-size checkpoint (Mistral 7B, Mixtral 8x7B shapes)',
+  backends: 'which backends work here (for webgpu: the adapter and its limits)',
 };
 
 /** Each command lives in ./commands/<name>.ts and is loaded only when run. */
@@ -28,6 +29,7 @@ const LOADERS: Readonly<Record<string, () => Promise<Command>>> = {
   trace: () => import('./commands/trace.js'),
   inspect: () => import('./commands/inspect.js'),
   synth: () => import('./commands/synth.js'),
+  backends: () => import('./commands/backends.js'),
 };
 
 function help(): string {

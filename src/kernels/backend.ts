@@ -2,14 +2,17 @@
  * Backend selection. `cpu` is the readable JavaScript reference; `wasm` is XNNPACK and
  * fast; `tensorflow` is libtensorflow through the optional peer `@tensorflow/tfjs-node-gpu`
  * (CUDA) or `@tensorflow/tfjs-node`, imported only when asked for, because their install
- * downloads libtensorflow and fails offline.
+ * downloads libtensorflow and fails offline; `webgpu` is tfjs-backend-webgpu on Dawn (the
+ * optional dependencies `webgpu` and `@tensorflow/tfjs-backend-webgpu`, see ./webgpu.ts),
+ * also loaded only when asked for.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
+import type { WebGpuAdapterInfo, WebGpuProxyBackend } from './webgpu.js';
 
-export const BACKENDS = ['cpu', 'wasm', 'tensorflow'] as const;
+export const BACKENDS = ['cpu', 'wasm', 'tensorflow', 'webgpu'] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
 export class BackendError extends Error {
@@ -32,6 +35,9 @@ export async function useBackend(name: BackendName): Promise<void> {
   }
   if (name === 'tensorflow' && tf.findBackend('tensorflow') === null) {
     await importTensorflowBackend();
+  }
+  if (name === 'webgpu' && tf.findBackend('webgpu') === null) {
+    await registerWebGpu();
   }
   // PROD only silences tfjs' console advice (e.g. "install tfjs-node") in 4.22; no checks change.
   tf.env().set('PROD', true);
@@ -65,6 +71,44 @@ async function importTensorflowBackend(): Promise<void> {
   }
   throw new BackendError('backend "tensorflow" needs an optional package: `npm install @tensorflow/tfjs-node-gpu@4.22.0` ' +
     '(CUDA) or `npm install @tensorflow/tfjs-node@4.22.0` (CPU)');
+}
+
+/**
+ * The device reported an error (validation, out of memory, internal, a lost device) for work
+ * whose result was being read: the values would be wrong, so none are returned.
+ */
+export class WebGpuDeviceError extends BackendError {
+  override readonly name: string = 'WebGpuDeviceError';
+}
+
+/** The webgpu backend this process registered, or null. */
+let webgpu: WebGpuProxyBackend | null = null;
+
+async function registerWebGpu(): Promise<void> {
+  const { startWebGpu } = await import('./webgpu.js');
+  const started = startWebGpu((message) => new WebGpuDeviceError(`the WebGPU device reported an error, so the result is not returned: ${message}`));
+  if ('problem' in started) {
+    const { kind, message } = started.problem;
+    throw new BackendError(kind === 'missing' ? message : `backend "webgpu" is not available: ${message}` +
+      (kind === 'no-adapter' ? ' (on a machine without a GPU, run scripts/setup-webgpu.sh as root)' : ''));
+  }
+  webgpu = started.backend;
+  // Priority 0: registering must not make webgpu anyone's default backend.
+  tf.registerBackend('webgpu', () => started.backend, 0);
+}
+
+/** The webgpu adapter in use (its name, route and limits), or null before `useBackend('webgpu')`. */
+export function webgpuAdapter(): WebGpuAdapterInfo | null {
+  return webgpu?.info ?? null;
+}
+
+/**
+ * The largest tensor, in bytes, a kernel of the active backend can bind whole: webgpu's
+ * `maxStorageBufferBindingSize`; unbounded elsewhere. Weights larger than this are split.
+ */
+export function bindingLimitBytes(): number {
+  if (tf.getBackend() !== 'webgpu' || webgpu === null) return Infinity;
+  return webgpu.info.limits.maxStorageBufferBindingSize;
 }
 
 /** Name of the active backend. */

@@ -108,8 +108,37 @@ export function residencyProblem(weights: Residency, size: CheckpointSize, freeB
   return null;
 }
 
+/** What stream mode on the simd kernels keeps in kernel memory between uses. */
+export interface StoredStreamPlan {
+  /**
+   * Mixtral: keep everything but the experts (attention, router, unembedding) once read, so
+   * that decode reads only the experts it misses. Dense models stream every layer.
+   */
+  readonly keepShared: boolean;
+  /** Bytes of experts at their stored width kept between uses, least recently used out. */
+  readonly expertCacheBytes: number;
+}
+
 /**
- * Stream mode's expert cache: half of what is free beyond the stream peak (one layer, the
+ * Stream mode on the simd kernels (weights at their stored width in kernel memory). For
+ * Mixtral 8x7B in bf16 the weights outside the experts are 3 GB of 93: they stay once read
+ * when they take at most half of RESIDENT_SHARE of free memory, and the experts get the rest
+ * of that share. The embedding table is not counted: stream mode reads only the rows it needs.
+ *
+ * @param bytesPerParam the checkpoint's stored width (bf16: 2)
+ */
+export function storedStreamPlan(c: ModelConfig, bytesPerParam: number, freeBytes = os.freemem()): StoredStreamPlan {
+  if (c.numExperts === null) return { keepShared: false, expertCacheBytes: 0 };
+  const H = c.hiddenSize;
+  const perLayer = 2 * c.numHeads * c.headDim * H + 2 * c.numKvHeads * c.headDim * H + c.numExperts * H;
+  const shared = bytesPerParam * (c.numLayers * perLayer + c.vocabSize * H);
+  const budget = RESIDENT_SHARE * freeBytes;
+  const keepShared = shared <= budget / 2;
+  return { keepShared, expertCacheBytes: Math.max(0, budget - (keepShared ? shared : 0)) };
+}
+
+/**
+ * Stream mode's expert cache (float32 tfjs tensors): half of what is free beyond the stream peak (one layer, the
  * head and a tensor in flight); on wasm at most 1 GiB, which its 4 GiB heap can spare beside a layer.
  * Dense models have no experts to keep: 0.
  */

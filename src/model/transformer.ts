@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../io/checkpoint.js';
 import { rmsNormFused } from '../kernels/fused.js';
-import { linear, onSimdKernels } from '../kernels/linear.js';
+import { linear, onSimdKernels, type KernelsName } from '../kernels/linear.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
 import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
@@ -15,11 +15,13 @@ import { InputError } from './errors.js';
 import { hookPoint, hookScope, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
 import type { Routing } from './moe.js';
-import { defaultExpertCacheBytes, type Residency } from './residency.js';
+import { defaultExpertCacheBytes, storedStreamPlan, type Residency } from './residency.js';
 import { rmsNorm } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
 import { validateTensors } from './schema.js';
-import { ModelWeights } from './weights.js';
+import { ModelWeights, type WeightOptions } from './weights.js';
+import { dtypeSize } from '../io/safetensors.js';
+import type { TensorSource } from './layout.js';
 
 export interface LoadOptions {
   /**
@@ -28,12 +30,17 @@ export interface LoadOptions {
    * `stream` reads each layer when needed.
    */
   readonly weights?: Residency;
+  /**
+   * Stream mode: `simd` (default) reads tensors at their stored width into the simd kernels'
+   * memory; `tfjs` as float32 tensors for the tfjs kernels.
+   */
+  readonly kernels?: KernelsName;
   /** Resident loading: called with the bytes read so far, after each tensor. */
   readonly onProgress?: (loadedBytes: number) => void;
   /**
-   * Stream mode, Mixtral: float32 bytes of experts kept between uses, least recently used
-   * out (default: a share of the memory that is free at load, see `defaultExpertCacheBytes`;
-   * 0 = one expert at a time).
+   * Stream mode, Mixtral: bytes of experts kept between uses, least recently used out
+   * (default: a share of the memory that is free at load, see `storedStreamPlan` and
+   * `defaultExpertCacheBytes`; 0 = one expert at a time).
    */
   readonly expertCacheBytes?: number;
   /** Replaces config values after parsing (experiments, e.g. a smaller sliding window). */
@@ -66,6 +73,20 @@ export function disposeResult(r: ForwardResult): void {
   tf.dispose([r.logits, ...(r.embeddings ? [r.embeddings] : []), ...(r.layerOutputs ?? []), ...(r.finalNorm ? [r.finalNorm] : [])]);
 }
 
+/** What the weight store needs from the load options, with the defaults filled in. */
+function weightOptions(config: ModelConfig, src: TensorSource, opts: LoadOptions): WeightOptions {
+  const residency = opts.weights ?? 'eager';
+  const kernels = opts.kernels ?? (residency === 'eager' ? 'tfjs' : 'simd');
+  if ((residency === 'eager') !== (kernels === 'tfjs') && residency !== 'stream') {
+    throw new TypeError(`weights '${residency}' run on the ${residency === 'eager' ? 'tfjs' : 'simd'} kernels, not '${kernels}'`);
+  }
+  const base = { residency, kernels, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) };
+  if (residency !== 'stream') return base;
+  if (kernels === 'tfjs') return { ...base, expertCacheBytes: opts.expertCacheBytes ?? defaultExpertCacheBytes(config) };
+  const plan = storedStreamPlan(config, dtypeSize(src.dtype('model.layers.0.self_attn.q_proj.weight'))!);
+  return { ...base, keepShared: plan.keepShared, expertCacheBytes: opts.expertCacheBytes ?? plan.expertCacheBytes };
+}
+
 export class Transformer {
   private constructor(readonly config: ModelConfig, readonly weights: ModelWeights, readonly checkpoint: Checkpoint) {}
 
@@ -79,8 +100,7 @@ export class Transformer {
       const config: ModelConfig = Object.freeze({ ...parsed, ...opts.overrides });
       const src = tensorSource(ckpt, config);
       validateTensors(ckpt, config, src);
-      return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager', opts.onProgress,
-        opts.expertCacheBytes ?? defaultExpertCacheBytes(config)), ckpt);
+      return new Transformer(config, new ModelWeights(config, src, weightOptions(config, src, opts)), ckpt);
     } catch (e) {
       ckpt.store.close();
       throw e;

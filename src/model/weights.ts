@@ -11,9 +11,13 @@
  *   (`releaseLayer`). A Mixtral expert is read only when a token is routed to it, and kept
  *   in an expert cache while spare memory allows (least recently used out; a budget of 0
  *   keeps one expert at a time): decode reuses a layer's favourite experts token after token.
+ *   On the simd kernels the tensors are read at their stored width into kernel memory (freed
+ *   slots are reused by the next tensor of the same size), and Mixtral keeps everything but
+ *   the experts once read when it fits (`storedStreamPlan`); on the tfjs kernels they
+ *   become float32 tensors.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { disposeLinear, linearBytes, makeLinear, storedLinear, type Linear, type StoredLinear } from '../kernels/linear.js';
+import { disposeLinear, gatherRows, keepLinear, linearBytes, makeLinear, rowBlocks, storedLinear, type KernelsName, type Linear, type StoredLinear } from '../kernels/linear.js';
 import { WeightMemory } from '../kernels/simd/arena.js';
 import { DTYPE_BYTES, type WeightDType } from '../kernels/simd/matmul.js';
 import type { AttentionWeights } from './attention.js';
@@ -41,9 +45,25 @@ export interface ExpertCacheStats {
   misses: number;
   /** Bytes of expert weights read from the files (at their stored width). */
   bytesRead: number;
-  /** Bytes of expert weights held now (float32). */
+  /** Bytes of expert weights held now (at their stored width on the simd kernels, else float32). */
   heldBytes: number;
   readonly budgetBytes: number;
+}
+
+/** How a ModelWeights holds its tensors. */
+export interface WeightOptions {
+  readonly residency: Residency;
+  /**
+   * Stream mode: `simd` reads each tensor at its stored width into kernel memory, `tfjs` as a
+   * float32 tensor. (Resident is always simd, eager always tfjs.)
+   */
+  readonly kernels?: KernelsName;
+  /** Resident loading: called with the bytes read so far, after each tensor. */
+  readonly onProgress?: (loadedBytes: number) => void;
+  /** Stream mode: bytes of experts to keep between uses (0: one expert at a time). */
+  readonly expertCacheBytes?: number;
+  /** Stream mode on the simd kernels: keep what is not an expert once read (Mixtral). */
+  readonly keepShared?: boolean;
 }
 
 export class ModelWeights {
@@ -51,27 +71,28 @@ export class ModelWeights {
   // gather table [vocab, hidden] and the unembedding Linear (laid out per backend).
   /** Norms [hidden] and the embedding table [vocab, hidden], as stored. */
   private readonly tensors = new Map<string, tf.Tensor>();
-  /** Projections: float32 tensors laid out for the backend, or stored-width matrices in kernel memory (resident). */
+  /** Projections: float32 tensors laid out for the backend, or stored-width matrices in kernel memory. */
   private readonly linears = new Map<string, Linear>();
 
-  /** Kernel memory of resident weights. */
+  readonly residency: Residency;
+  /** Kernel memory of stored weights (resident, and stream on the simd kernels). */
   private readonly memory: WeightMemory | null;
+  /** Stream mode: keep non-expert tensors once read. */
+  private readonly keepShared: boolean;
   /** Stream mode: resident experts by name prefix, least recently used first (Map order). */
   private readonly experts = new Map<string, number>();
   readonly expertCache: ExpertCacheStats;
   /** Bytes read from the checkpoint files so far, at their stored width (stream mode: grows every token). */
   bytesRead = 0;
 
-  /**
-   * @param expertCacheBytes stream mode: float32 bytes of experts to keep between uses (0:
-   *   one expert at a time)
-   */
-  constructor(readonly config: ModelConfig, private readonly src: TensorSource, readonly residency: Residency,
-    onProgress?: (loadedBytes: number) => void, expertCacheBytes = 0) {
-    this.expertCache = { hits: 0, misses: 0, bytesRead: 0, heldBytes: 0, budgetBytes: residency === 'stream' ? expertCacheBytes : 0 };
-    this.memory = residency === 'resident' ? new WeightMemory() : null;
+  constructor(readonly config: ModelConfig, private readonly src: TensorSource, opts: WeightOptions) {
+    const residency = this.residency = opts.residency;
+    const stored = residency === 'resident' || (residency === 'stream' && (opts.kernels ?? 'simd') === 'simd');
+    this.memory = stored ? new WeightMemory() : null;
+    this.keepShared = residency === 'stream' && stored && opts.keepShared === true;
+    this.expertCache = { hits: 0, misses: 0, bytesRead: 0, heldBytes: 0, budgetBytes: residency === 'stream' ? opts.expertCacheBytes ?? 0 : 0 };
     try {
-      if (residency === 'resident') this.loadResident(onProgress);
+      if (residency === 'resident') this.loadResident(opts.onProgress);
       if (residency === 'eager') this.loadEager();
     } catch (e) {
       this.dispose(); // what loaded before the failure (a full heap, a bad file) is freed, not leaked
@@ -83,10 +104,7 @@ export class ModelWeights {
   embed(ids: readonly number[]): tf.Tensor2D {
     const H = this.config.hiddenSize;
     const name = 'model.embed_tokens.weight';
-    if (this.residency === 'eager') {
-      const table = this.tensor(name, [this.config.vocabSize, H]) as tf.Tensor2D;
-      return tf.tidy(() => tf.gather(table, tf.tensor1d(ids as number[], 'int32')));
-    }
+    if (this.residency === 'eager') return gatherRows(this.table(name, this.config.vocabSize, H), ids);
     if (this.residency === 'resident') {
       const { matrix } = this.linears.get(name) as StoredLinear;
       const rows = new Float32Array(ids.length * H);
@@ -138,10 +156,14 @@ export class ModelWeights {
     return this.config.tieWordEmbeddings ? this.linear('model.embed_tokens.weight') : this.linear('lm_head.weight');
   }
 
-  /** Stream mode: frees layer l's tensors, but for cached experts (no-op otherwise). */
+  /** Stream mode: frees layer l's tensors, but for cached experts and kept shared ones (no-op otherwise). */
   releaseLayer(l: number): void {
     if (this.residency !== 'stream') return;
-    this.releaseWhere((name) => name.startsWith(`model.layers.${l}.`) && !this.experts.has(expertOf(name)));
+    this.releaseWhere((name) => {
+      if (!name.startsWith(`model.layers.${l}.`)) return false;
+      const expert = expertOf(name);
+      return expert === '' ? !this.keepShared : !this.experts.has(expert);
+    });
   }
 
   /**
@@ -161,8 +183,9 @@ export class ModelWeights {
       return;
     }
     stats.misses++;
-    const c = this.config;
-    const bytes = 4 * 3 * c.intermediateSize * c.hiddenSize;
+    const stored = (name: string) => this.src.shape(name)!.reduce((a, b) => a * b, 1) * dtypeSize(this.src.dtype(name))!;
+    const storedBytes = ['w1', 'w2', 'w3'].reduce((a, w) => a + stored(`${prefix}${w}.weight`), 0);
+    const bytes = this.memory !== null ? storedBytes : 4 * 3 * this.config.intermediateSize * this.config.hiddenSize;
     for (const [old, oldBytes] of this.experts) {
       if (stats.heldBytes + bytes <= stats.budgetBytes) break;
       this.experts.delete(old);
@@ -171,13 +194,12 @@ export class ModelWeights {
     }
     this.experts.set(prefix, bytes);
     stats.heldBytes += bytes;
-    const stored = (name: string) => this.src.shape(name)!.reduce((a, b) => a * b, 1) * dtypeSize(this.src.dtype(name))!;
-    stats.bytesRead += ['w1', 'w2', 'w3'].reduce((a, w) => a + stored(`${prefix}${w}.weight`), 0);
+    stats.bytesRead += storedBytes;
   }
 
-  /** Stream mode: frees the final norm and the unembedding. */
+  /** Stream mode: frees the final norm and the unembedding (unless shared tensors are kept). */
   releaseHead(): void {
-    if (this.residency !== 'stream') return;
+    if (this.residency !== 'stream' || this.keepShared) return;
     this.releaseWhere((name) => !name.startsWith('model.layers.'));
   }
 
@@ -205,7 +227,7 @@ export class ModelWeights {
   /** Eager mode: every tensor as a float32 tf tensor, now. */
   private loadEager(): void {
     const c = this.config;
-    this.tensor('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
+    this.table('model.embed_tokens.weight', c.vocabSize, c.hiddenSize);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layer(l);
       if (w.moe) for (let e = 0; e < w.moe.numExperts; e++) w.moe.expert(e);
@@ -221,22 +243,33 @@ export class ModelWeights {
   private loadResident(onProgress?: (loadedBytes: number) => void): void {
     const c = this.config;
     let loaded = 0;
-    const store = (name: string): void => {
-      const shape = this.src.shape(name)!; // [out, in]
-      const dtype = weightDType(this.src.dtype(name));
-      const bytes = shape[0]! * shape[1]! * DTYPE_BYTES[dtype];
-      const a = this.memory!.alloc(bytes);
-      this.src.readInto(name, a.arena.bytes(a.ptr, bytes));
-      this.bytesRead += bytes;
-      this.linears.set(name, storedLinear({ ...a, rows: shape[0]!, cols: shape[1]!, dtype }));
-      loaded += bytes;
-      onProgress?.(loaded);
-    };
     for (const name of expectedTensors(c).keys()) {
-      if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') this.norm(name);
-      else store(name);
+      if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') {
+        this.norm(name);
+        continue;
+      }
+      loaded += linearBytes(this.store(name));
+      onProgress?.(loaded);
     }
     if (c.tieWordEmbeddings) this.linears.set('lm_head.weight', this.linears.get('model.embed_tokens.weight')!);
+  }
+
+  /** Reads projection `name` at its stored width into kernel memory. */
+  private store(name: string): StoredLinear {
+    const shape = this.src.shape(name)!; // [out, in]
+    const dtype = weightDType(this.src.dtype(name));
+    const bytes = shape[0]! * shape[1]! * DTYPE_BYTES[dtype];
+    const a = this.memory!.alloc(bytes);
+    try {
+      this.src.readInto(name, a.arena.bytes(a.ptr, bytes));
+    } catch (e) {
+      this.memory!.free(a, bytes);
+      throw e;
+    }
+    this.bytesRead += bytes;
+    const l = storedLinear({ ...a, rows: shape[0]!, cols: shape[1]!, dtype });
+    this.linears.set(name, l);
+    return l;
   }
 
   private releaseWhere(pred: (name: string) => boolean): void {
@@ -247,8 +280,10 @@ export class ModelWeights {
     }
     for (const [name, l] of this.linears) {
       if (!pred(name)) continue;
-      disposeLinear(l);
       this.linears.delete(name);
+      // Stream mode: the slot goes back for the next tensor of its size (resident weights go with their memory).
+      if (l.kind === 'stored' && this.residency === 'stream') this.memory!.free(l.matrix, linearBytes(l));
+      else disposeLinear(l);
     }
   }
 
@@ -259,6 +294,22 @@ export class ModelWeights {
       this.tensors.set(name, t);
     }
     return t;
+  }
+
+  /**
+   * A gather table as row blocks the backend can bind (one block but on webgpu with a table
+   * over its binding limit), held in `tensors` as `name`, `name#1`, `name#2`, …
+   */
+  private table(name: string, rows: number, cols: number): tf.Tensor2D[] {
+    const held = this.tensors.get(name);
+    if (held === undefined) {
+      const blocks = rowBlocks(this.read(name), rows, cols);
+      blocks.forEach((b, k) => this.tensors.set(k === 0 ? name : `${name}#${k}`, tf.keep(b)));
+      return blocks;
+    }
+    const blocks = [held as tf.Tensor2D];
+    for (let t; (t = this.tensors.get(`${name}#${blocks.length}`)) !== undefined;) blocks.push(t as tf.Tensor2D);
+    return blocks;
   }
 
   /** Reads (part of) a tensor as float32, counting the stored bytes read. */
@@ -279,10 +330,11 @@ export class ModelWeights {
       return this.linears.get(key)!;
     }
     let l = this.linears.get(name);
+    if (l === undefined && this.memory !== null) return this.store(name);
     if (l === undefined) {
       const shape = this.src.shape(name)!; // [out, in]
       l = makeLinear(this.read(name), shape[0]!, shape[1]!);
-      tf.keep(l.weight);
+      keepLinear(l);
       this.linears.set(name, l);
     }
     return l;

@@ -185,14 +185,24 @@ export interface Allocation {
   readonly ptr: number;
 }
 
-/** The arenas of one model: allocates tensors, opening a new arena when one is full. */
+/**
+ * The arenas of one model: allocates tensors, opening a new arena when one is full.
+ *
+ * Stream mode frees and reads tensors again and again. Wasm memories cannot shrink, so a
+ * freed allocation goes on a free list for its exact size; the next tensor of that size
+ * (the next layer's q_proj, the next expert's w1) takes it. Layers repeat the same shapes,
+ * so the memory settles at its peak working set instead of growing by a layer per step.
+ */
 export class WeightMemory {
   readonly arenas: Arena[] = [];
+  private readonly freed = new Map<number, Allocation[]>();
 
   alloc(bytes: number): Allocation {
     if (bytes > MAX_PAGES * PAGE - scratchBytes()) {
       throw new ArenaError(`one tensor of ${(bytes / 2 ** 30).toFixed(2)} GiB does not fit in a 4 GiB wasm memory`);
     }
+    const reuse = this.freed.get(bytes)?.pop();
+    if (reuse !== undefined) return reuse;
     const last = this.arenas.at(-1);
     const ptr = last?.tryAlloc(bytes) ?? null;
     if (last !== undefined && ptr !== null) return { arena: last, ptr };
@@ -201,7 +211,14 @@ export class WeightMemory {
     return { arena: fresh, ptr: fresh.tryAlloc(bytes)! };
   }
 
-  /** Bytes reserved in every arena, scratch included. */
+  /** Gives `a` (of `bytes` bytes) back for a later alloc of the same size. */
+  free(a: Allocation, bytes: number): void {
+    const list = this.freed.get(bytes);
+    if (list === undefined) this.freed.set(bytes, [a]);
+    else list.push(a);
+  }
+
+  /** Bytes reserved in every arena, scratch included (freed allocations count: memories cannot shrink). */
   get bytes(): number {
     return this.arenas.reduce((a, m) => a + m.used, 0);
   }
@@ -213,5 +230,6 @@ export class WeightMemory {
   dispose(): void {
     for (const a of this.arenas) forgetMemory(a.memory);
     this.arenas.length = 0;
+    this.freed.clear();
   }
 }
