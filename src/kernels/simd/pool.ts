@@ -55,7 +55,7 @@ export class PoolError extends Error {
  */
 const WORKER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { control, module, index, port } = workerData;
+const { control, module: kernels, index, port } = workerData; // not 'module': Deno's eval worker declares it
 const c = new Int32Array(control);
 const cf = new Float32Array(control);
 const instances = new Map(); // memory id → kernel exports
@@ -66,7 +66,7 @@ function drain() {
   for (let m; (m = receiveMessageOnPort(port)) !== undefined;) {
     const { id, memory } = m.message;
     if (memory === undefined) instances.delete(id);
-    else instances.set(id, new WebAssembly.Instance(module, { env: { memory } }).exports);
+    else instances.set(id, new WebAssembly.Instance(kernels, { env: { memory } }).exports);
   }
 }
 let seen = 0;
