@@ -2,9 +2,9 @@
  * Reference files (schema `mistral-golden-ref/1`): a JSON of prompts and expected
  * generations, plus a safetensors file of float32 tensors next to it. The golden data's README documents every field.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from './errors.js';
+import { readJsonFile } from './files.js';
 import { SafetensorsFile } from './safetensors.js';
 
 export const REFERENCE_SCHEMA = 'mistral-golden-ref/1';
@@ -86,12 +86,7 @@ export class Reference {
 }
 
 function readObject(file: string): Record<string, unknown> {
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new CheckpointError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : `not valid JSON (${(e as Error).message})`);
-  }
+  const json = readJsonFile(file);
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new CheckpointError(file, 'expected a JSON object');
   return json as Record<string, unknown>;
 }

@@ -18,6 +18,7 @@
  */
 import * as fs from 'node:fs';
 import { CheckpointError, SafetensorsFormatError } from './errors.js';
+import { openRegularFile } from './files.js';
 
 /**
  * Bytes per element of every whole-byte dtype the format defines. Looked up with
@@ -80,17 +81,11 @@ export class SafetensorsFile {
 
   /** Opens and validates a file; reads only its header. */
   static open(path: string): SafetensorsFile {
-    let fd: number;
+    // Opened without blocking and checked before reading: a FIFO must not hang the open.
+    const { fd, size } = openRegularFile(path);
     try {
-      fd = fs.openSync(path, 'r');
-    } catch (e) {
-      throw new SafetensorsFormatError(path, `cannot open: ${(e as Error).message}`);
-    }
-    try {
-      const stat = fs.fstatSync(fd);
-      if (!stat.isFile()) throw new SafetensorsFormatError(path, 'not a regular file');
-      const { metadata, tensors } = readHeader(path, fd, stat.size);
-      return new SafetensorsFile(path, fd, stat.size, metadata, tensors);
+      const { metadata, tensors } = readHeader(path, fd, size);
+      return new SafetensorsFile(path, fd, size, metadata, tensors);
     } catch (e) {
       fs.closeSync(fd);
       throw e;

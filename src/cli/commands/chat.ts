@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import { readJsonFile } from '../../io/files.js';
 import { generate, TextStream } from '../../generate/index.js';
 import type { ModelCache } from '../../model/cache.js';
 import {
@@ -200,12 +200,15 @@ function startsWith(ids: readonly number[], prefix: readonly number[]): boolean 
   return prefix.length <= ids.length && prefix.every((id, i) => ids[i] === id);
 }
 
+/** A tools list is KB; this bounds what --tools may make us parse. */
+const MAX_TOOLS_BYTES = 10_000_000;
+
 function readTools(file: string): Tool[] {
   let tools: unknown;
   try {
-    tools = JSON.parse(fs.readFileSync(file, 'utf8'));
+    tools = readJsonFile(file, MAX_TOOLS_BYTES);
   } catch (e) {
-    throw new UsageError(`--tools ${file}: ${(e as Error).message.split('\n')[0]}`);
+    throw new UsageError(`--tools ${(e as Error).message}`);
   }
   if (!Array.isArray(tools)) throw new UsageError(`--tools ${file}: expected a JSON list of tools`);
   return tools as Tool[];
