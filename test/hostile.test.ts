@@ -8,9 +8,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
+import * as tf from '@tensorflow/tfjs-core';
 import { textLines } from '../src/cli/io.js';
+import { firstNonFinite } from '../src/io/safetensors.js';
+import { NonFiniteError } from '../src/model/errors.js';
+import { Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
-import { modelDir, refFile } from './helpers/fixtures.js';
+import { modelDir } from './helpers/fixtures.js';
 import { tempDir } from './helpers/safetensors-builder.js';
 
 const tmp = tempDir('hostile-test-');
@@ -67,6 +71,94 @@ describe('5: non-regular files are refused before they are opened for a blocking
   });
 });
 
+/** Overwrites elements of an F32 tensor in a safetensors file in place (parsing the header here, not with src/io). */
+function poke(file: string, tensor: string, values: (n: number) => Iterable<[number, number]>): void {
+  const bytes = fs.readFileSync(file);
+  const len = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + len).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const t = header[tensor]!;
+  expect(t.dtype).toBe('F32');
+  const base = 8 + len + t.data_offsets[0];
+  for (const [i, v] of values((t.data_offsets[1] - t.data_offsets[0]) / 4)) bytes.writeFloatLE(v, base + 4 * i);
+  fs.writeFileSync(file, bytes);
+}
+
+describe('2: non-finite weights are rejected where they are read', () => {
+  const dir = copyOf('mistral-demo');
+  const file = path.join(dir, 'model.safetensors');
+  poke(file, 'lm_head.weight', () => [[130, NaN]]); // row 1, column 2 of [vocab, 128]
+
+  for (const weights of ['eager', 'resident', 'stream']) {
+    it(`generate --weights ${weights}: exit 2 naming tensor and element, not "0 0 0 0 0"`, async () => {
+      const r = await runCli(['generate', '--model', dir, '--ids', '1,20,25', '--max-tokens', '5', '--weights', weights]);
+      expectOneLine(r, `${file} [lm_head.weight]: holds NaN at element 130 (row 1, column 2); weights must be finite`);
+      expect(r.stdout).toBe('');
+    });
+  }
+
+  it('trace and chat likewise', async () => {
+    expectOneLine(await runCli(['trace', '--model', dir, '--ids', '1,20', '--out', path.join(tmp.dir, 'trace-nan')]), '[lm_head.weight]: holds NaN');
+    expectOneLine(await runCli(['chat', '--model', dir], ['hi']), '[lm_head.weight]: holds NaN');
+  });
+
+  it('stream mode checks the embedding rows it reads', async () => {
+    const d = copyOf('mistral-demo');
+    poke(path.join(d, 'model.safetensors'), 'model.embed_tokens.weight', () => [[20 * 128 + 5, -Infinity]]);
+    const r = await runCli(['generate', '--model', d, '--ids', '1,20', '--max-tokens', '1', '--weights', 'stream']);
+    expectOneLine(r, '[model.embed_tokens.weight]: holds -Infinity at element 2565 (row 20, column 5)');
+  });
+
+  it('firstNonFinite finds the first NaN / Inf in f32, bf16 and f16 bits, at any position', () => {
+    for (let n = 1; n < 9; n++) {
+      for (let at = 0; at < n; at++) {
+        const f32 = new Float32Array(n).fill(1.5);
+        f32[at] = Infinity;
+        expect(firstNonFinite(new Uint8Array(f32.buffer), 'F32')).toBe(at);
+        const bf16 = new Uint16Array(n).fill(0x3fc0); // 1.5
+        bf16[at] = 0x7fc0; // NaN
+        expect(firstNonFinite(new Uint8Array(bf16.buffer), 'BF16')).toBe(at);
+        const f16 = new Uint16Array(n).fill(0x3e00); // 1.5
+        f16[at] = 0xfc00; // -Inf
+        expect(firstNonFinite(new Uint8Array(f16.buffer), 'F16')).toBe(at);
+      }
+    }
+    // The largest finite values are not flagged (exponent bits one short of all ones).
+    expect(firstNonFinite(new Uint8Array(new Uint16Array([0x7f7f, 0xff7f, 0x7bff, 0x0080]).buffer), 'BF16')).toBe(-1);
+    expect(firstNonFinite(new Uint8Array(new Uint16Array([0x7bff, 0xfbff, 0x3c00]).buffer), 'F16')).toBe(-1);
+    expect(firstNonFinite(new Uint8Array(new Float32Array([3.4e38, -3.4e38]).buffer), 'F32')).toBe(-1);
+  });
+});
+
+describe('2: activations that overflow stop with a typed error naming the first layer', () => {
+  const dir = copyOf('mistral-demo');
+  // Finite weights whose products overflow float32 in layer 2's MLP.
+  poke(path.join(dir, 'model.safetensors'), 'model.layers.2.mlp.down_proj.weight', (n) => Array.from({ length: n }, (_, i): [number, number] => [i, 3e38]));
+
+  it('Transformer.forward throws NonFiniteError(layer 2) and leaks nothing', () => {
+    const model = Transformer.load(dir);
+    try {
+      const before = tf.memory().numTensors;
+      let caught: unknown;
+      try {
+        model.forward([1, 20, 25]);
+      } catch (e) {
+        caught = e;
+      }
+      expect(caught).toBeInstanceOf(NonFiniteError);
+      expect((caught as NonFiniteError).layer).toBe(2);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('generate: exit 2 before any token', async () => {
+    const r = await runCli(['generate', '--model', dir, '--ids', '1,20,25', '--max-tokens', '5']);
+    expectOneLine(r, 'activations became non-finite (NaN or ±Inf) in layer 2');
+    expect(r.stdout).toBe('');
+  });
+});
+
 describe('10: messages', () => {
   it('a config.json that is a folder is "not a regular file", not "not valid JSON (EISDIR)"', async () => {
     const dir = copyOf('mistral-demo');
@@ -97,4 +189,3 @@ describe('9: stdin', () => {
   });
 });
 
-void refFile;

@@ -222,6 +222,36 @@ function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array
   }
 }
 
+/**
+ * Index of the first NaN or ±Inf among little-endian `dtype` elements in `bytes`, or -1.
+ * Tests the exponent bits (all ones means non-finite) without converting; half-precision
+ * elements are tested two at a time: per 16-bit half, exponent bits all ones plus the
+ * lowest exponent bit carries into bit 15, and no carry crosses into the next half.
+ */
+export function firstNonFinite(bytes: Uint8Array, dtype: FloatDType): number {
+  if (dtype === 'F32') {
+    if (bytes.byteOffset % 4 !== 0) return firstNonFinite(bytes.slice(), dtype);
+    const u = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+    for (let i = 0; i < u.length; i++) if ((u[i]! & 0x7f800000) === 0x7f800000) return i;
+    return -1;
+  }
+  if (bytes.byteOffset % 2 !== 0) return firstNonFinite(bytes.slice(), dtype);
+  const [exp, low] = dtype === 'BF16' ? [0x7f80, 0x0080] : [0x7c00, 0x0400];
+  const n = bytes.byteLength >> 1;
+  let from = 0;
+  if (bytes.byteOffset % 4 === 0) {
+    const pairs = new Uint32Array(bytes.buffer, bytes.byteOffset, n >> 1);
+    const mask = exp * 0x10001;
+    const add = low * 0x10001;
+    let i = 0;
+    while (i < pairs.length && (((pairs[i]! & mask) + add) & 0x80008000) === 0) i++;
+    from = 2 * i;
+  }
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+  for (let i = from; i < n; i++) if ((h[i]! & exp) === exp) return i;
+  return -1;
+}
+
 /** IEEE 754 binary16 → number (every half is exactly representable in float32). */
 export function halfToFloat(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;

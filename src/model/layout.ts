@@ -7,7 +7,9 @@
  * `tensorSource` sees HF names and HF row order only.
  */
 import type { Checkpoint, TensorStore } from '../io/checkpoint.js';
+import { firstNonFinite, isFloatDType, toFloat32, type FloatDType } from '../io/safetensors.js';
 import type { ModelConfig } from './config.js';
+import { WeightError } from './errors.js';
 
 /** Where the data of one canonical tensor comes from. */
 export interface TensorSource {
@@ -87,32 +89,47 @@ export function permuteRowsNativeToHf(data: Uint8Array, heads: number, d: number
   permuteRows(data.slice(), data, nativeRowOfHfRow(heads, d), rowBytes);
 }
 
-/** Canonical-name access to a checkpoint of any layout. */
+/**
+ * Canonical-name access to a checkpoint of any layout. Every read is checked for NaN and
+ * ±Inf as it arrives (one pass over the bytes just read, while they are in cache): a
+ * non-finite weight would otherwise produce a confident wrong answer (argmax over NaN
+ * logits is id 0), so it is a WeightError naming the tensor and the first bad element.
+ */
 export function tensorSource(ckpt: Checkpoint, c: ModelConfig): TensorSource {
   const store: TensorStore = ckpt.store;
-  if (ckpt.layout !== 'native') {
-    return {
-      shape: (name) => (store.has(name) ? store.info(name).shape : undefined),
-      dtype: (name) => store.info(name).dtype,
-      read: (name, start, count) => store.readFloat32(name, start, count),
-      readInto: (name, out) => store.readInto(name, out),
-    };
-  }
-  // q and k rows are permuted per head; every other tensor is stored as HF stores it.
-  const ropeHeads = (name: string) => (name.endsWith('self_attn.q_proj.weight') ? c.numHeads
+  const native = ckpt.layout === 'native';
+  const stored = (name: string) => (native ? nativeName(name) : name);
+  // q and k rows of a native checkpoint are permuted per head; every other tensor is stored as HF stores it.
+  const ropeHeads = (name: string) => (!native ? null : name.endsWith('self_attn.q_proj.weight') ? c.numHeads
     : name.endsWith('self_attn.k_proj.weight') ? c.numKvHeads : null);
   return {
-    shape: (name) => (store.has(nativeName(name)) ? store.info(nativeName(name)).shape : undefined),
-    dtype: (name) => store.info(nativeName(name)).dtype,
-    read: (name, start, count) => {
-      const data = store.readFloat32(nativeName(name), start, count);
+    shape: (name) => (store.has(stored(name)) ? store.info(stored(name)).shape : undefined),
+    dtype: (name) => store.info(stored(name)).dtype,
+    read: (name, start = 0, count) => {
+      const data = store.readFloat32(stored(name), start, count);
+      checkFinite(store, stored(name), new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 'F32', start);
       const heads = ropeHeads(name);
       return heads === null ? data : permuteNativeToHf(data, heads, c.headDim, c.hiddenSize);
     },
     readInto: (name, out) => {
-      store.readInto(nativeName(name), out);
+      store.readInto(stored(name), out);
+      const info = store.info(stored(name));
+      if (isFloatDType(info.dtype)) checkFinite(store, stored(name), out, info.dtype, 0);
       const heads = ropeHeads(name);
       if (heads !== null) permuteRowsNativeToHf(out, heads, c.headDim, out.length / (heads * c.headDim));
     },
   };
+}
+
+/** Throws a WeightError at the first NaN / ±Inf of `bytes` (elements from `start` of tensor `name`, as stored). */
+function checkFinite(store: TensorStore, name: string, bytes: Uint8Array, dtype: FloatDType, start: number): void {
+  const i = firstNonFinite(bytes, dtype);
+  if (i < 0) return;
+  const info = store.info(name);
+  const at = start + i;
+  const cols = info.shape.length === 2 ? info.shape[1]! : 0;
+  const value = dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset + 4 * i, 1)[0]!
+    : toFloat32(bytes.slice(2 * i, 2 * i + 2), dtype)[0]!;
+  throw new WeightError(info.file, `holds ${value} at element ${at}${cols > 0 ? ` (row ${Math.floor(at / cols)}, column ${at % cols})` : ''}; ` +
+    'weights must be finite', name);
 }

@@ -11,7 +11,7 @@ import { linear, onSimdKernels } from '../kernels/linear.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
 import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
-import { InputError } from './errors.js';
+import { InputError, NonFiniteError } from './errors.js';
 import { hookPoint, hookScope, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
 import type { Routing } from './moe.js';
@@ -59,6 +59,26 @@ export interface ForwardResult {
   readonly finalNorm?: tf.Tensor2D;
   /** Mixtral: the routing of every layer. */
   readonly routing?: Routing[];
+}
+
+/** Whether every element of `x` is finite, as a bool scalar (not read back). */
+function allFinite(x: tf.Tensor): tf.Scalar {
+  return tf.tidy(() => tf.all(tf.isFinite(x)));
+}
+
+/**
+ * Throws NonFiniteError when `logits` hold a NaN or ±Inf, naming the first layer whose
+ * output did. One scalar is read back per forward; the per-layer flags only on failure.
+ */
+function checkFinite(logits: tf.Tensor, layerFinite: readonly tf.Scalar[]): void {
+  const ok = allFinite(logits);
+  try {
+    if (ok.dataSync()[0] !== 0) return;
+  } finally {
+    ok.dispose();
+  }
+  const layer = layerFinite.findIndex((f) => f.dataSync()[0] === 0);
+  throw new NonFiniteError(layer < 0 ? null : layer);
 }
 
 /** Disposes every tensor of a ForwardResult. */
@@ -109,6 +129,9 @@ export class Transformer {
     const rope = ropeTables(positions, c.headDim, c.ropeTheta);
     const layerOutputs: tf.Tensor2D[] = [];
     const routing: Routing[] = [];
+    // Per layer, whether its output is all finite: a bool scalar computed where the
+    // activations are and read only when the logits turn out non-finite (see checkFinite).
+    const finite: tf.Scalar[] = [];
     let x = embeddings;
     try {
       for (let l = 0; l < c.numLayers; l++) {
@@ -119,6 +142,7 @@ export class Transformer {
           return r.out;
         });
         w.releaseLayer(l);
+        finite.push(allFinite(x));
         if (keep) layerOutputs.push(x);
         else input.dispose();
       }
@@ -130,6 +154,12 @@ export class Transformer {
         return keep ? { logits, finalNorm: normed } : { logits };
       });
       w.releaseHead();
+      try {
+        checkFinite(head.logits, finite);
+      } catch (e) {
+        tf.dispose([head.logits, ...(head.finalNorm ? [head.finalNorm] : [])]);
+        throw e;
+      }
       if (opts.cache) opts.cache.length += ids.length;
       if (!keep) x.dispose();
       return {
@@ -141,7 +171,7 @@ export class Transformer {
       tf.dispose([x, ...layerOutputs, embeddings]);
       throw e;
     } finally {
-      tf.dispose([rope.cos, rope.sin]);
+      tf.dispose([rope.cos, rope.sin, ...finite]);
     }
   }
 
