@@ -3,7 +3,7 @@
  * the file, tensor or flag — never a hang, never unbounded memory, never a confident wrong
  * answer. Cases start from a copy of the bundled demo model and break one thing.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,7 +14,7 @@ import { firstNonFinite } from '../src/io/safetensors.js';
 import { NonFiniteError } from '../src/model/errors.js';
 import { Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
-import { modelDir } from './helpers/fixtures.js';
+import { modelDir, ROOT } from './helpers/fixtures.js';
 import { tempDir } from './helpers/safetensors-builder.js';
 
 const tmp = tempDir('hostile-test-');
@@ -156,6 +156,65 @@ describe('2: activations that overflow stop with a typed error naming the first 
     const r = await runCli(['generate', '--model', dir, '--ids', '1,20,25', '--max-tokens', '5']);
     expectOneLine(r, 'activations became non-finite (NaN or ±Inf) in layer 2');
     expect(r.stdout).toBe('');
+  });
+});
+
+describe('3: trace --out paths that cannot be written are exit 2, never a hang', () => {
+  const trace = (out: string, ...more: string[]) =>
+    runCli(['trace', '--model', modelDir('mistral-demo'), '--ids', '1,20,25', '--no-png', '--out', out, ...more]);
+
+  it('an existing file, a path under a file, a path under /proc', async () => {
+    const file = path.join(tmp.dir, `file-${counter++}`);
+    fs.writeFileSync(file, 'x');
+    expectOneLine(await trace(file), `--out ${file}: exists and is not a folder`);
+    expectOneLine(await trace(path.join(file, 'sub', 'dir')), `--out ${path.join(file, 'sub', 'dir')}: ${file} is not a folder`);
+    expectOneLine(await trace('/proc/x'), '--out /proc/x: cannot create /proc/x.partial');
+  });
+
+  it('a second run replaces the first run\'s files as a whole: no stale pictures', async () => {
+    const out = path.join(tmp.dir, `trace-${counter++}`);
+    expect((await trace(out)).code).toBe(0);
+    expect(fs.readdirSync(out)).toContain('attention-layer-3.svg');
+    expect((await trace(out, '--layers', '0')).code).toBe(0);
+    expect(fs.readdirSync(out).sort()).toEqual(['attention-layer-0.svg', 'layers.json', 'layers.md', 'logit-lens.svg']);
+    expect(fs.existsSync(`${out}.partial`)).toBe(false);
+  });
+
+  it('a folder with files trace did not write is refused and left alone', async () => {
+    const out = path.join(tmp.dir, `trace-${counter++}`);
+    fs.mkdirSync(out);
+    fs.writeFileSync(path.join(out, 'notes.txt'), 'mine');
+    expectOneLine(await trace(out), `--out ${out}: exists and holds "notes.txt", not a trace`);
+    expect(fs.readdirSync(out)).toEqual(['notes.txt']);
+  });
+});
+
+describe('6: synth writes atomically', () => {
+  const SMALL = ['--preset', 'mistral-7b-v0.1', '--layers', '4', '--hidden', '512', '--intermediate', '2048', '--vocab', '1000', '--heads', '8', '--kv-heads', '2'];
+
+  it('two concurrent runs into one folder: one writes, the other exits 2', async () => {
+    const out = path.join(tmp.dir, `synth-${counter++}`);
+    const [a, b] = await Promise.all([runCli(['synth', ...SMALL, '--out', out]), runCli(['synth', ...SMALL, '--seed', '1', '--out', out])]);
+    expect(a.code, a.stderr).toBe(0);
+    expectOneLine(b, `--out ${out}: ${out}.partial exists: another run is writing a checkpoint there`);
+    expect(fs.readdirSync(out).sort()).toEqual(['config.json', 'model.safetensors']);
+    expect(fs.existsSync(`${out}.partial`)).toBe(false);
+    // Run again after the first finished: the folder is not empty, nothing is overwritten.
+    expectOneLine(await runCli(['synth', ...SMALL, '--out', out]), 'exists and holds "config.json", not a checkpoint');
+  });
+
+  it('Ctrl-C removes the partial output and leaves no folder behind', async () => {
+    const out = path.join(tmp.dir, `synth-${counter++}`);
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli', 'bin.ts'), 'synth',
+      '--preset', 'mistral-7b-v0.1', '--layers', '2', '--out', out], { cwd: ROOT, stdio: 'ignore' });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    for (let i = 0; i < 600 && !fs.existsSync(`${out}.partial`); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(fs.existsSync(`${out}.partial`)).toBe(true);
+    await new Promise((r) => setTimeout(r, 300)); // writing by now
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(fs.existsSync(`${out}.partial`)).toBe(false);
+    expect(fs.existsSync(out)).toBe(false);
   });
 });
 

@@ -5,6 +5,10 @@ import { idList, number, parse, required } from '../args.js';
 import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
+import { writeOutputDir } from '../output-dir.js';
+
+/** The files trace writes: an existing --out folder may hold these only (an earlier trace), and they are replaced. */
+const TRACE_FILE = /^(layers\.(md|json)|(attention-layer-\d+|router|logit-lens)\.(svg|png))$/;
 
 export const summary = 'per-layer table and pictures (attention, routing, logit lens) for a prompt';
 
@@ -24,7 +28,8 @@ ${MODEL_USAGE}
   --ids LIST             comma-separated token ids
   --prompt TEXT          text, encoded with the model folder's tokenizer (BOS prepended)
   --no-bos               with --prompt: do not prepend BOS
-  --out DIR              where to write (created if missing)
+  --out DIR              where to write (created if missing; an existing folder may only hold
+                         an earlier trace, which is replaced as a whole)
   --top-k N              tokens listed by the logit lens per layer (default 5)
   --layers LIST          layers to draw attention pictures for (default all)
   --no-png               write the SVGs only
@@ -75,7 +80,9 @@ export async function run(args: string[], io: CliIO): Promise<number> {
       ...(tokenizer ? { pieceOf: (id: number) => tokenizer!.idToPiece(id) } : {}),
       ...(layers ? { attentionLayers: layers } : {}),
     });
-    const files = writeTrace(outDir, report, pictures, { png: values['no-png'] !== true });
+    // Written into <out>.partial, then swapped in: the folder never mixes this run's pictures with an earlier run's.
+    const files = await writeOutputDir(outDir, '--out', { replace: (f) => TRACE_FILE.test(f), what: 'a trace' },
+      (tmp) => writeTrace(tmp, report, pictures, { png: values['no-png'] !== true }));
     io.stdout(`${report.ids.length} tokens: ${report.tokens.join(' ')}\n\n`);
     io.stdout(layerTable(report));
     io.stdout(`\nwrote ${files.length} files to ${outDir}: ${files.map((f) => path.basename(f)).join(', ')}\n`);
