@@ -1,5 +1,6 @@
 /** Options and steps several commands share. */
 import * as os from 'node:os';
+import { resolveModelDir } from '../io/bundled.js';
 import { openCheckpoint } from '../io/checkpoint.js';
 import { useBackend, type BackendName } from '../kernels/backend.js';
 import { Transformer } from '../model/transformer.js';
@@ -22,7 +23,8 @@ export const MODEL_OPTIONS = {
 } as const;
 
 export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (config.json + model.safetensors, or sharded
-                         with model.safetensors.index.json) or native (params.json + consolidated.safetensors)
+                         with model.safetensors.index.json) or native (params.json + consolidated.safetensors),
+                         or the name of a bundled model (mistral-demo, mixtral-demo)
   --backend NAME         cpu (default, the readable reference), wasm (fast), tensorflow
                          (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node)
   --weights MODE         auto (default: resident when the stored weights fit in free memory,
@@ -43,7 +45,7 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
 export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): Promise<Transformer> {
   const name = backend(values.backend as string | undefined);
   await useBackend(name);
-  const dir = required(values.model as string | undefined, '--model');
+  const dir = resolveModelDir(required(values.model as string | undefined, '--model'));
   const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
   const kernels = oneOf<KernelsName>(values.kernels as string | undefined, '--kernels', KERNELS,
     mode === 'eager' || mode === 'stream' ? 'tfjs' : 'simd');

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { resolveModelDir } from '../../io/bundled.js';
 import { openCheckpoint, type Checkpoint } from '../../io/checkpoint.js';
 import { CheckpointError } from '../../io/errors.js';
 import { parameterCount, parseHfConfig, parseNativeParams, type ModelConfig } from '../../model/config.js';
@@ -51,7 +52,7 @@ export interface InspectReport {
 
 export async function run(args: string[], io: CliIO): Promise<number> {
   const { values } = parse(args, { model: { type: 'string' }, json: { type: 'boolean' } });
-  const dir = required(values.model as string | undefined, '--model');
+  const dir = resolveModelDir(required(values.model as string | undefined, '--model'));
   const ckpt = openCheckpoint(dir);
   try {
     const report = inspect(ckpt);

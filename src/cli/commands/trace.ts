@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import { resolveModelDir } from '../../io/bundled.js';
 import { traceModel, writeTrace, layerTable } from '../../inspect/trace.js';
 import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse, required } from '../args.js';
@@ -49,7 +50,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     layers: { type: 'string' },
     'no-png': { type: 'boolean' },
   });
-  const modelDir = required(values.model as string | undefined, '--model');
+  const modelDir = resolveModelDir(required(values.model as string | undefined, '--model'));
   const outDir = required(values.out as string | undefined, '--out');
   const idsArg = values.ids as string | undefined;
   const prompt = values.prompt as string | undefined;
