@@ -10,12 +10,12 @@ import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import { textLines } from '../src/cli/io.js';
-import { firstNonFinite } from '../src/io/safetensors.js';
+import { firstNonFinite, SafetensorsFile } from '../src/io/safetensors.js';
 import { NonFiniteError } from '../src/model/errors.js';
 import { Transformer } from '../src/model/transformer.js';
 import { runCli } from './helpers/cli.js';
-import { modelDir, ROOT } from './helpers/fixtures.js';
-import { tempDir } from './helpers/safetensors-builder.js';
+import { modelDir, refFile, ROOT } from './helpers/fixtures.js';
+import { buildSafetensors, tempDir } from './helpers/safetensors-builder.js';
 
 const tmp = tempDir('hostile-test-');
 afterAll(tmp.cleanup);
@@ -215,6 +215,83 @@ describe('6: synth writes atomically', () => {
     expect(await exited).toBe(130);
     expect(fs.existsSync(`${out}.partial`)).toBe(false);
     expect(fs.existsSync(out)).toBe(false);
+  });
+});
+
+function editJson(file: string, edit: (json: Record<string, unknown>) => void): void {
+  const json = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  edit(json);
+  fs.writeFileSync(file, JSON.stringify(json));
+}
+
+describe('7: a tokenizer/model vocabulary mismatch is found before the first token', () => {
+  const dir = copyOf('mistral-demo');
+  // Drop the tokenizer's last id: 98 ids for a model of 99.
+  editJson(path.join(dir, 'tokenizer.json'), (j) => {
+    const vocab = (j.model as { vocab: Record<string, number> }).vocab;
+    const last = Object.entries(vocab).find(([, id]) => id === 98)![0];
+    delete vocab[last];
+  });
+  const line = `the tokenizer ${path.join(dir, 'tokenizer.json')} has 98 ids but the model's vocab_size is 99 (${path.join(dir, 'config.json')}); they must match`;
+
+  it('generate, trace and chat: exit 2, nothing streamed', async () => {
+    const g = await runCli(['generate', '--model', dir, '--prompt', '47+38=', '--max-tokens', '3']);
+    expectOneLine(g, line);
+    expect(g.stdout).toBe('');
+    expectOneLine(await runCli(['trace', '--model', dir, '--prompt', '47+38=', '--out', path.join(tmp.dir, `t-${counter++}`)]), line);
+    const c = await runCli(['chat', '--model', dir], ['hello']);
+    expectOneLine(c, line);
+    expect(c.stdout).toBe('');
+  });
+});
+
+describe('9: no silent leniency', () => {
+  const config = (edit: (j: Record<string, unknown>) => void) => {
+    const dir = copyOf('mistral-demo');
+    editJson(path.join(dir, 'config.json'), edit);
+    return dir;
+  };
+  const gen = (dir: string, ...more: string[]) => runCli(['generate', '--model', dir, '--ids', '1,20,25', '--max-tokens', '2', ...more]);
+
+  it.each([
+    ['rope_scaling', { type: 'linear', factor: 2 }, 'rope_scaling: {"type":"linear","factor":2} changes the computation and is not implemented (only null is)'],
+    ['attention_bias', true, 'attention_bias: true changes the computation and is not implemented (only false is)'],
+    ['quantization_config', { quant_method: 'gptq' }, 'quantization_config: {"quant_method":"gptq"} changes the computation'],
+    ['some_new_knob', 3, 'some_new_knob: unknown key, not known to be safe to ignore'],
+    ['tie_word_embeddings', 'true', 'tie_word_embeddings: expected true or false, got "true"'],
+    ['eos_token_id', 5000, 'eos_token_id: 5000 is outside the vocabulary of 99'],
+  ])('config %s = %j is rejected with the key named', async (key, value, message) => {
+    const dir = config((j) => { j[key] = value; });
+    expectOneLine(await gen(dir), `${path.join(dir, 'config.json')}: ${message}`);
+  });
+
+  it('keys known to be harmless, and neutral values, still load', async () => {
+    const dir = config((j) => { Object.assign(j, { rope_scaling: null, attention_bias: false, _name_or_path: 'x', pad_token_id: null }); });
+    expect((await gen(dir)).code).toBe(0);
+  });
+
+  it('a tensor the config does not use is an error (generate and parity), a derived inv_freq is not', async () => {
+    const dir = copyOf('mistral-demo');
+    const file = path.join(dir, 'model.safetensors');
+    const f = SafetensorsFile.open(file);
+    const tensors = [...f.tensors.values()].map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: f.readBytes(t.name) }));
+    f.close();
+    fs.writeFileSync(file, buildSafetensors([...tensors, { name: 'model.layers.4.mlp.up_proj.weight', shape: [2, 2] }]));
+    const msg = `${file} [model.layers.4.mlp.up_proj.weight]: tensor not used by this config: a different architecture, or a config that does not describe these files?`;
+    expectOneLine(await gen(dir), msg);
+    expectOneLine(await runCli(['parity', '--model', dir, '--reference', refFile('mistral-demo')]), msg);
+    fs.writeFileSync(file, buildSafetensors([...tensors, { name: 'model.layers.0.self_attn.rotary_emb.inv_freq', shape: [16] }]));
+    expect((await gen(dir)).code).toBe(0);
+  });
+
+  it('--ids takes decimal digits only', async () => {
+    expectOneLine(await gen(modelDir('mistral-demo'), '--ids', '0x10,1e1'), '--ids expects comma-separated non-negative integers, got "0x10,1e1"');
+    expectOneLine(await runCli(['generate', '--model', modelDir('mistral-demo'), '--ids', '1, 2.0', '--max-tokens', '1']), '--ids expects');
+  });
+
+  it('a prompt character outside a tokenizer without byte fallback is an error, not a silent <unk>', async () => {
+    const r = await runCli(['generate', '--model', modelDir('mistral-demo'), '--prompt', '47+é8=', '--max-tokens', '2']);
+    expectOneLine(r, `--prompt: character "é" at index 3 is outside the vocabulary of ${path.join(modelDir('mistral-demo'), 'tokenizer.json')} (it would become <unk>, id 0)`);
   });
 });
 

@@ -52,7 +52,8 @@ export function oneOf<T extends string>(value: string | undefined, flag: string,
 export function idList(value: string, flag: string): number[] {
   const parts = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
   const ids = parts.map(Number);
-  if (parts.length === 0 || ids.some((x) => !Number.isSafeInteger(x) || x < 0)) {
+  // Decimal digits only: Number() would also read "0x10" as 16 and "1e1" as 10.
+  if (parts.length === 0 || parts.some((p) => !/^\d+$/.test(p)) || ids.some((x) => !Number.isSafeInteger(x))) {
     throw new UsageError(`${flag} expects comma-separated non-negative integers, got ${JSON.stringify(value)}`);
   }
   return ids;

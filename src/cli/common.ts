@@ -8,7 +8,7 @@ import { KERNELS, type KernelsName } from '../kernels/linear.js';
 import { defaultThreads, MAX_THREADS, setThreads } from '../kernels/simd/pool.js';
 import { chooseResidency, residencyProblem, type CheckpointSize, type Residency } from '../model/residency.js';
 import { randomSeed } from '../generate/index.js';
-import { findTokenizerFile } from '../tokenizer/index.js';
+import { findTokenizerFile, type LoadedTokenizer } from '../tokenizer/index.js';
 import { backend, number, oneOf, required, type Parsed } from './args.js';
 import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
@@ -129,6 +129,32 @@ export function hasTokenizer(dir: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * A tokenizer and a model must agree on the vocabulary: checked before the first token,
+ * not found when the model generates an id the tokenizer cannot decode mid-answer.
+ */
+export function checkVocabulary(tok: LoadedTokenizer, model: Transformer): void {
+  const m = model.config.vocabSize;
+  if (tok.vocabSize !== m) {
+    throw new UsageError(`the tokenizer ${tok.source} has ${tok.vocabSize} ids but the model's vocab_size is ${m} ` +
+      `(${model.checkpoint.configFile}); they must match`);
+  }
+}
+
+/**
+ * Encodes a prompt; a character the vocabulary lacks (a tokenizer without byte fallback
+ * maps it to <unk>) is an error naming it, not a silent <unk> the model then answers.
+ */
+export function encodePrompt(tok: LoadedTokenizer, text: string, flag: string, bos: boolean): number[] {
+  const ids = tok.encode(text, { bos });
+  const unk = tok.specialId('<unk>') ?? tok.pieceToId('<unk>');
+  if (unk === undefined || !ids.includes(unk) || text.includes('<unk>')) return ids;
+  const chars = [...text];
+  const at = chars.findIndex((ch) => tok.encode(ch).includes(unk));
+  throw new UsageError(`${flag}: character ${JSON.stringify(chars[at] ?? '?')} at index ${at} is outside the vocabulary of ` +
+    `${tok.source} (it would become <unk>, id ${unk})`);
 }
 
 /** The tokenizer files a model folder may hold, for messages. */

@@ -6,7 +6,7 @@ import {
   type ChatFormat, type ChatMessage, type LoadedTokenizer, type ParsedToolCall, type Tool,
 } from '../../tokenizer/index.js';
 import { number, oneOf, parse } from '../args.js';
-import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs } from '../common.js';
+import { checkVocabulary, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -69,9 +69,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   let cache: ModelCache | null = null;
   try {
     const tok = await loadTokenizer((values.tokenizer as string | undefined) ?? model.checkpoint.dir);
-    if (tok.vocabSize > model.config.vocabSize) {
-      throw new UsageError(`the tokenizer has ${tok.vocabSize} ids but the model only ${model.config.vocabSize}`);
-    }
+    checkVocabulary(tok, model);
     const chat = new Conversation(tok, system, tools, format);
     if (io.interactive) io.stderr(`chat: format ${chat.format}; /tool, /reset, /exit\n> `);
 

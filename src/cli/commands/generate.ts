@@ -1,8 +1,8 @@
 import { performance } from 'node:perf_hooks';
 import { DEFAULT_MAX_NEW_TOKENS, generate, TextStream, type StopReason } from '../../generate/index.js';
-import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
+import { loadTokenizer, type LoadedTokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse } from '../args.js';
-import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs, TOKENIZER_FILES } from '../common.js';
+import { checkVocabulary, encodePrompt, hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -66,8 +66,9 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     const dir = model.checkpoint.dir;
     const found = hasTokenizer(dir);
     if (text !== undefined && !found) throw new UsageError(`--prompt needs a tokenizer in ${dir} (${TOKENIZER_FILES}); give token ids with --ids`);
-    const tokenizer: Tokenizer | null = found ? await loadTokenizer(dir) : null;
-    const promptIds = givenIds ?? tokenizer!.encode(text!, { bos: true });
+    const tokenizer: LoadedTokenizer | null = found ? await loadTokenizer(dir) : null;
+    if (tokenizer !== null) checkVocabulary(tokenizer, model);
+    const promptIds = givenIds ?? encodePrompt(tokenizer!, text!, '--prompt', true);
     const stream = tokenizer === null ? null : new TextStream((ids) => tokenizer.decode(ids), promptIds.slice(-1));
     const progress = new Progress(io, json);
 

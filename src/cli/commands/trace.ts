@@ -1,9 +1,9 @@
 import * as path from 'node:path';
 import { resolveModelDir } from '../../io/bundled.js';
 import { traceModel, writeTrace, layerTable } from '../../inspect/trace.js';
-import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
+import { loadTokenizer, type LoadedTokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse, required } from '../args.js';
-import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, TOKENIZER_FILES } from '../common.js';
+import { checkVocabulary, encodePrompt, hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { writeOutputDir } from '../output-dir.js';
@@ -59,7 +59,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const layers = values.layers === undefined ? undefined : idList(values.layers as string, '--layers');
 
   const found = hasTokenizer(modelDir);
-  let tokenizer: Tokenizer | null = null;
+  let tokenizer: LoadedTokenizer | null = null;
   if (prompt !== undefined) {
     if (!found) throw new UsageError(`--prompt needs a tokenizer in ${modelDir} (${TOKENIZER_FILES}); give --ids instead`);
     tokenizer = await loadTokenizer(modelDir);
@@ -70,10 +70,11 @@ export async function run(args: string[], io: CliIO): Promise<number> {
       io.stderr(`trace: labels are ids (the tokenizer did not load: ${(e as Error).message.split('\n')[0]})\n`);
     }
   }
-  const ids = prompt !== undefined ? tokenizer!.encode(prompt, { bos: values['no-bos'] !== true }) : idList(idsArg!, '--ids');
+  const ids = prompt !== undefined ? encodePrompt(tokenizer!, prompt, '--prompt', values['no-bos'] !== true) : idList(idsArg!, '--ids');
 
   const model = await loadModelFromArgs(values, io);
   try {
+    if (tokenizer !== null) checkVocabulary(tokenizer, model);
     const bad = layers?.find((l) => l >= model.config.numLayers);
     if (bad !== undefined) throw new UsageError(`--layers: layer ${bad} does not exist (the model has ${model.config.numLayers})`);
     const { report, pictures } = traceModel(model, ids, {
