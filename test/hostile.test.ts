@@ -10,6 +10,7 @@ import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import { textLines } from '../src/cli/io.js';
+import { Reference } from '../src/io/reference.js';
 import { firstNonFinite, SafetensorsFile } from '../src/io/safetensors.js';
 import { NonFiniteError } from '../src/model/errors.js';
 import { Transformer } from '../src/model/transformer.js';
@@ -302,6 +303,23 @@ describe('10: messages', () => {
     fs.mkdirSync(path.join(dir, 'config.json'));
     const r = await runCli(['generate', '--model', dir, '--ids', '1,2']);
     expectOneLine(r, `${path.join(dir, 'config.json')}: not a regular file (a directory)`);
+  });
+
+  it('a reference whose logits have the wrong shape names both shapes, not "max |Δ| Infinity"', async () => {
+    const golden = Reference.open(refFile('mistral-demo'));
+    const p = golden.prompts[0]!;
+    const logits = golden.tensor(p.tensors.logits);
+    golden.close();
+    const dir = path.join(tmp.dir, `ref-${counter++}`);
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'r.safetensors'), buildSafetensors([{ name: 'x.logits', shape: logits.shape, values: logits.data }]));
+    fs.writeFileSync(path.join(dir, 'r.json'), JSON.stringify({
+      schema: 'mistral-golden-ref/1', tensors_file: 'r.safetensors',
+      prompts: [{ name: 'x', input_ids: p.input_ids.slice(0, -1), tensors: { logits: 'x.logits' } }],
+    }));
+    const T = p.input_ids.length;
+    const r = await runCli(['parity', '--model', modelDir('mistral-demo'), '--reference', path.join(dir, 'r.json')]);
+    expectOneLine(r, `${path.join(dir, 'r.safetensors')} [x.logits]: reference tensor has shape [${T}, 99], the model's logits for these input_ids has shape [${T - 1}, 99]`);
   });
 
   it('a reference that is absent says so', async () => {

@@ -30,6 +30,9 @@ export interface ReferencePrompt {
 export interface RefTensor {
   readonly data: Float32Array;
   readonly shape: readonly number[];
+  /** Tensor name and the safetensors file holding it, for messages. */
+  readonly name: string;
+  readonly file: string;
 }
 
 export class Reference {
@@ -77,7 +80,7 @@ export class Reference {
         throw new CheckpointError(this.tensors.path, `reference tensor holds ${data[i]} at element ${i}; reference values must be finite`, name);
       }
     }
-    return { data, shape: this.tensors.info(name).shape };
+    return { data, shape: this.tensors.info(name).shape, name, file: this.tensors.path };
   }
 
   close(): void {
