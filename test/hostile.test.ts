@@ -7,19 +7,22 @@ import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
 import { textLines } from '../src/cli/io.js';
+import { useBackend } from '../src/kernels/backend.js';
 import { Reference } from '../src/io/reference.js';
 import { firstNonFinite, SafetensorsFile } from '../src/io/safetensors.js';
 import { NonFiniteError } from '../src/model/errors.js';
-import { Transformer } from '../src/model/transformer.js';
+import { disposeResult, Transformer } from '../src/model/transformer.js';
+import { runWithCache } from '../src/inspect/activations.js';
 import { runCli } from './helpers/cli.js';
 import { modelDir, refFile, ROOT } from './helpers/fixtures.js';
 import { buildSafetensors, tempDir } from './helpers/safetensors-builder.js';
 
 const tmp = tempDir('hostile-test-');
 afterAll(tmp.cleanup);
+beforeAll(async () => { await useBackend('cpu'); });
 let counter = 0;
 
 function copyOf(model: string): string {
@@ -320,6 +323,25 @@ describe('10: messages', () => {
     const T = p.input_ids.length;
     const r = await runCli(['parity', '--model', modelDir('mistral-demo'), '--reference', path.join(dir, 'r.json')]);
     expectOneLine(r, `${path.join(dir, 'r.safetensors')} [x.logits]: reference tensor has shape [${T}, 99], the model's logits for these input_ids has shape [${T - 1}, 99]`);
+  });
+
+  it("docs/hooks.md's runWithCache snippet runs: stack() over names it captured", () => {
+    const md = fs.readFileSync(path.join(ROOT, 'docs', 'hooks.md'), 'utf8');
+    expect(md).toContain("names: (name) => name === 'blocks.0.attn.hook_pattern' || name.endsWith('.hook_resid_post'),");
+    const model = Transformer.load(modelDir('mistral-demo'));
+    try {
+      const { result, cache } = runWithCache(model, [1, 20, 25], {
+        names: (name) => name === 'blocks.0.attn.hook_pattern' || name.endsWith('.hook_resid_post'),
+      });
+      expect(cache.get('blocks.0.attn.hook_pattern').shape).toEqual([4, 3, 3]);
+      const resid = cache.stack('hook_resid_post', model.config.numLayers);
+      expect(resid.shape).toEqual([4, 3, 128]);
+      resid.dispose();
+      cache.dispose();
+      disposeResult(result);
+    } finally {
+      model.dispose();
+    }
   });
 
   it('a reference that is absent says so', async () => {
