@@ -2,7 +2,7 @@
  * Parity against a reference file: run every prompt, compare every tensor the reference
  * has, and report max |Δ| per tensor kind with a pass/fail under
  *
- *   |Δ| ≤ atol + rtol · max|ref|      (per tensor; the golden README's rule)
+ *   |Δ| ≤ atol + rtol · max|ref|      (per tensor; docs/parity.md)
  *
  * Generated ids and Mixtral expert choices must match exactly: the references were drawn
  * with a margin ≥ 2e-3 on every choice, so a flip is a real difference.

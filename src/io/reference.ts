@@ -1,6 +1,6 @@
 /**
  * Reference files (schema `mistral-golden-ref/1`): a JSON of prompts and expected
- * generations, plus a safetensors file of float32 tensors next to it. The golden data's README documents every field.
+ * generations, plus a safetensors file of float32 tensors next to it. docs/parity.md documents every field.
  */
 import * as path from 'node:path';
 import { CheckpointError } from './errors.js';

@@ -5,7 +5,7 @@
  * Two kinds of weight:
  * - `tensor`: a float32 tf tensor (the plain tfjs path, `--kernels tfjs`), laid out once,
  *   at load, in the orientation the active backend multiplies fastest. tfjs-wasm only
- *   reaches XNNPACK when neither operand is transposed (3× faster; see PERF-NOTES), while
+ *   reaches XNNPACK when neither operand is transposed (3× faster; docs/architecture.md), while
  *   the cpu backend is faster with `transposeB`.
  * - `stored`: the checkpoint's bytes at their stored width (bf16, f16 or f32) in memory our
  *   wasm SIMD kernels own (`--kernels simd`, src/kernels/simd/); widened inside the kernel,
