@@ -23,6 +23,7 @@ import { checkSamplingOptions, logProbability, sampleToken, SeededRandom, type S
 export { argmax, candidates, logProbability, sampleToken, SeededRandom, type SamplingOptions } from './sampling.js';
 export { defaultChunk, prefill } from './prefill.js';
 export { TextStream } from './text.js';
+export { ConversationCache } from './conversation.js';
 
 /** Why generation ended; carried by the last token. */
 export type StopReason =

@@ -1,8 +1,9 @@
 /**
  * One typed, readonly model config, parsed from Hugging Face `config.json` or Mistral's
- * native `params.json` by one function each. Ambiguity is rejected rather than guessed:
+ * native `params.json` by one function each (`parseConfig` picks by layout). Ambiguity is rejected rather than guessed:
  * a missing `rope_theta` differs between Mistral releases, so it is an error.
  */
+import type { Checkpoint } from '../io/checkpoint.js';
 import { ConfigError } from './errors.js';
 
 export interface ModelConfig {
@@ -215,6 +216,13 @@ export function parseNativeParams(json: unknown, file = 'params.json'): ModelCon
     numExperts: moeReader ? moeReader.int('num_experts') : null,
     numExpertsPerTok: moeReader ? moeReader.int('num_experts_per_tok') : null,
   });
+}
+
+/** The config of an opened checkpoint, whichever its layout: params.json (native) or config.json. */
+export function parseConfig(ckpt: Pick<Checkpoint, 'layout' | 'configJson' | 'configFile'>): ModelConfig {
+  return ckpt.layout === 'native'
+    ? parseNativeParams(ckpt.configJson, ckpt.configFile)
+    : parseHfConfig(ckpt.configJson, ckpt.configFile);
 }
 
 /** Number of parameters the config implies (embeddings and head counted separately). */

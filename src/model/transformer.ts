@@ -10,7 +10,7 @@ import { rmsNormFused } from '../kernels/fused.js';
 import { linear, onSimdKernels } from '../kernels/linear.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
-import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
+import { parseConfig, type ModelConfig } from './config.js';
 import { InputError, NonFiniteError } from './errors.js';
 import { hookPoint, hookScope, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
@@ -93,10 +93,7 @@ export class Transformer {
   static load(dir: string, opts: LoadOptions = {}): Transformer {
     const ckpt = openCheckpoint(dir);
     try {
-      const parsed = ckpt.layout === 'native'
-        ? parseNativeParams(ckpt.configJson, ckpt.configFile)
-        : parseHfConfig(ckpt.configJson, ckpt.configFile);
-      const config: ModelConfig = Object.freeze({ ...parsed, ...opts.overrides });
+      const config: ModelConfig = Object.freeze({ ...parseConfig(ckpt), ...opts.overrides });
       const src = tensorSource(ckpt, config);
       validateTensors(ckpt, config, src);
       return new Transformer(config, new ModelWeights(config, src, opts.weights ?? 'eager', opts.onProgress,

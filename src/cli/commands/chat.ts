@@ -1,6 +1,5 @@
 import { readJsonFile } from '../../io/files.js';
-import { generate, TextStream } from '../../generate/index.js';
-import type { ModelCache } from '../../model/cache.js';
+import { ConversationCache, TextStream } from '../../generate/index.js';
 import {
   loadTokenizer, TokenizerError,
   type ChatFormat, type ChatMessage, type LoadedTokenizer, type ParsedToolCall, type Tool,
@@ -66,24 +65,20 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const system = values.system as string | undefined;
 
   const model = await loadModelFromArgs(values, io);
-  let cache: ModelCache | null = null;
+  const conversation = new ConversationCache(model);
   try {
     const tok = await loadTokenizer((values.tokenizer as string | undefined) ?? model.checkpoint.dir);
     checkVocabulary(tok, model);
     const chat = new Conversation(tok, system, tools, format);
     if (io.interactive) io.stderr(`chat: format ${chat.format}; /tool, /reset, /exit\n> `);
 
-    /** Tokens the cache holds, in order. */
-    let cached: number[] = [];
     for await (const raw of io.stdin()) {
       const line = raw.trim();
       if (line === '') continue;
       if (line === '/exit') break;
       if (line === '/reset') {
         chat.reset();
-        cache?.dispose();
-        cache = null;
-        cached = [];
+        conversation.reset();
       } else {
         let ids: number[] | null;
         try {
@@ -95,19 +90,13 @@ export async function run(args: string[], io: CliIO): Promise<number> {
         }
         if (ids !== null) {
           if (values['show-ids'] === true) io.stderr(`prompt ids (${ids.length}): ${JSON.stringify(ids)}\n`);
-          // Reuse the cache when it holds a prefix of the new prompt (it usually does up to
-          // the last answer, whose re-encoding may differ from what was generated).
-          if (cache === null || !startsWith(ids, cached) || cached.length === ids.length) {
-            cache?.dispose();
-            cache = model.createCache();
-            cached = [];
-          }
+          // The KV cache is reused for the part of the prompt that did not change.
           const generated: number[] = [];
           const stream = new TextStream((x) => tok.decode(x));
           const toolCallsId = tok.specialId('[TOOL_CALLS]');
           let calling = false;
-          for await (const t of generate(model, ids.slice(cached.length), {
-            cache, maxNewTokens, ...sampling,
+          for await (const t of conversation.generate(ids, {
+            maxNewTokens, ...sampling,
             stopIds: tok.eosId !== null && tok.eosId < model.config.vocabSize ? [tok.eosId] : [],
           })) {
             generated.push(t.id);
@@ -116,7 +105,6 @@ export async function run(args: string[], io: CliIO): Promise<number> {
           }
           if (!calling) io.stdout(stream.flush());
           io.stdout('\n');
-          cached = [...ids, ...generated].slice(0, cache.length);
           const calls = chat.answer(generated, (e) => io.stderr(`chat: ${e}\n`));
           if (calls.length > 0) io.stdout(`tool_calls: ${JSON.stringify(calls)}\n`);
         }
@@ -125,7 +113,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     }
     return 0;
   } finally {
-    cache?.dispose();
+    conversation.dispose();
     model.dispose();
   }
 }
@@ -192,10 +180,6 @@ class Conversation {
     this.calls = [...calls];
     return calls;
   }
-}
-
-function startsWith(ids: readonly number[], prefix: readonly number[]): boolean {
-  return prefix.length <= ids.length && prefix.every((id, i) => ids[i] === id);
 }
 
 /** A tools list is KB; this bounds what --tools may make us parse. */
