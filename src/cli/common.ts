@@ -9,7 +9,7 @@ import { defaultThreads, MAX_THREADS, setThreads } from '../kernels/simd/pool.js
 import { chooseResidency, residencyProblem, type CheckpointSize, type Residency } from '../model/residency.js';
 import { randomSeed } from '../generate/index.js';
 import { findTokenizerFile, type LoadedTokenizer } from '../tokenizer/index.js';
-import { backend, number, oneOf, required, type Parsed } from './args.js';
+import { backend, number, oneOf, required, type Values } from './args.js';
 import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 
@@ -42,12 +42,12 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
  * asks for. `auto` weighs the checkpoint's float32 size (from its headers) against free
  * memory, and says on stderr (when it is a terminal) when it chose to stream.
  */
-export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): Promise<Transformer> {
-  const name = backend(values.backend as string | undefined);
+export async function loadModelFromArgs(values: Values<typeof MODEL_OPTIONS>, io?: CliIO): Promise<Transformer> {
+  const name = backend(values.backend);
   await useBackend(name);
-  const dir = resolveModelDir(required(values.model as string | undefined, '--model'));
-  const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
-  const kernels = oneOf<KernelsName>(values.kernels as string | undefined, '--kernels', KERNELS,
+  const dir = resolveModelDir(required(values.model, '--model'));
+  const mode = oneOf<Residency | 'auto'>(values.weights, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
+  const kernels = oneOf<KernelsName>(values.kernels, '--kernels', KERNELS,
     mode === 'eager' || mode === 'stream' ? 'tfjs' : 'simd');
   if (kernels === 'tfjs' && mode === 'resident') {
     throw new UsageError('--weights resident runs on the simd kernels; with --kernels tfjs use --weights eager or stream');
@@ -55,7 +55,7 @@ export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): P
   if (kernels === 'simd' && (mode === 'eager' || mode === 'stream')) {
     throw new UsageError(`--weights ${mode} holds float32 tfjs tensors, multiplied by --kernels tfjs; the simd kernels use --weights resident`);
   }
-  setThreads(number(values.threads as string | undefined, '--threads', defaultThreads(), { min: 1, max: MAX_THREADS, integer: true }));
+  setThreads(number(values.threads, '--threads', defaultThreads(), { min: 1, max: MAX_THREADS, integer: true }));
   const size = checkpointSize(dir);
   const free = os.freemem();
   let weights: Residency;
@@ -169,8 +169,8 @@ export const SAMPLING_OPTIONS = {
 } as const;
 
 /** --temperature, --top-k, --top-p and --seed, checked; a random seed when sampling without one. */
-export function samplingFromArgs(values: Parsed['values']): { temperature: number; topK?: number; topP?: number; seed: number } {
-  const str = (k: string) => values[k] as string | undefined;
+export function samplingFromArgs(values: Values<typeof SAMPLING_OPTIONS>): { temperature: number; topK?: number; topP?: number; seed: number } {
+  const str = (k: keyof typeof SAMPLING_OPTIONS) => values[k];
   const temperature = number(str('temperature'), '--temperature', 0, { min: 0 });
   const topK = str('top-k') === undefined ? undefined : number(str('top-k'), '--top-k', 0, { min: 1, integer: true });
   const topP = str('top-p') === undefined ? undefined : number(str('top-p'), '--top-p', 1, { min: 0, max: 1 });

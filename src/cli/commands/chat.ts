@@ -57,17 +57,16 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     'show-ids': { type: 'boolean' },
   });
   if (values.model === undefined) throw new UsageError('--model is required');
-  const format = values.format === undefined ? undefined : oneOf(values.format as string, '--format', FORMATS, 'mistral-v1');
-  const str = (k: string) => values[k] as string | undefined;
-  const maxNewTokens = number(str('max-tokens'), '--max-tokens', 256, { min: 1, integer: true });
+  const format = values.format === undefined ? undefined : oneOf(values.format, '--format', FORMATS, 'mistral-v1');
+  const maxNewTokens = number(values['max-tokens'], '--max-tokens', 256, { min: 1, integer: true });
   const sampling = samplingFromArgs(values);
-  const tools = values.tools === undefined ? [] : readTools(values.tools as string);
-  const system = values.system as string | undefined;
+  const tools = values.tools === undefined ? [] : readTools(values.tools);
+  const system = values.system;
 
   const model = await loadModelFromArgs(values, io);
   const conversation = new ConversationCache(model);
   try {
-    const tok = await loadTokenizer((values.tokenizer as string | undefined) ?? model.checkpoint.dir);
+    const tok = await loadTokenizer(values.tokenizer ?? model.checkpoint.dir);
     checkVocabulary(tok, model);
     const chat = new Conversation(tok, system, tools, format);
     if (io.interactive) io.stderr(`chat: format ${chat.format}; /tool, /reset, /exit\n> `);

@@ -44,11 +44,11 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     reference: { type: 'string' },
     'max-tokens': { type: 'string' },
   });
-  const name = (values.model as string | undefined) ?? 'mistral-demo';
+  const name = values.model ?? 'mistral-demo';
   const dir = resolveModelDir(name);
-  const prompt = (values.prompt as string | undefined) ?? '47+38=';
-  const maxTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', 12, { min: 1, integer: true });
-  const refFile = (values.reference as string | undefined) ?? bundledReference(path.basename(dir));
+  const prompt = values.prompt ?? '47+38=';
+  const maxTokens = number(values['max-tokens'], '--max-tokens', 12, { min: 1, integer: true });
+  const refFile = values.reference ?? bundledReference(path.basename(dir));
 
   const model = await loadModelFromArgs({ ...values, model: dir }, io);
   try {

@@ -51,13 +51,13 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     chunk: { type: 'string' },
     json: { type: 'boolean' },
   });
-  const text = values.prompt as string | undefined;
-  const idsArg = values.ids as string | undefined;
+  const text = values.prompt;
+  const idsArg = values.ids;
   if ((text === undefined) === (idsArg === undefined)) throw new UsageError('give the prompt as --prompt TEXT or as --ids 1,2,3 (one of them)');
-  const maxNewTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', DEFAULT_MAX_NEW_TOKENS, { min: 0, integer: true });
+  const maxNewTokens = number(values['max-tokens'], '--max-tokens', DEFAULT_MAX_NEW_TOKENS, { min: 0, integer: true });
   const sampling = samplingFromArgs(values);
-  const stopIds = values['stop-ids'] === undefined ? [] : idList(values['stop-ids'] as string, '--stop-ids');
-  const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk as string, '--chunk', 0, { min: 1, integer: true });
+  const stopIds = values['stop-ids'] === undefined ? [] : idList(values['stop-ids'], '--stop-ids');
+  const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk, '--chunk', 0, { min: 1, integer: true });
   const json = values.json === true;
   const givenIds = idsArg === undefined ? null : idList(idsArg, '--ids');
 

@@ -52,7 +52,7 @@ export interface InspectReport {
 
 export async function run(args: string[], io: CliIO): Promise<number> {
   const { values } = parse(args, { model: { type: 'string' }, json: { type: 'boolean' } });
-  const dir = resolveModelDir(required(values.model as string | undefined, '--model'));
+  const dir = resolveModelDir(required(values.model, '--model'));
   const ckpt = openCheckpoint(dir);
   try {
     const report = inspect(ckpt);

@@ -47,13 +47,12 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     experts: { type: 'string' },
     'shard-size': { type: 'string' },
   });
-  const str = (k: string) => values[k] as string | undefined;
-  const preset = oneOf<PresetName>(required(str('preset'), '--preset'), '--preset', PRESET_NAMES, 'mistral-7b-v0.1');
+  const preset = oneOf<PresetName>(required(values.preset, '--preset'), '--preset', PRESET_NAMES, 'mistral-7b-v0.1');
   const dryRun = values['dry-run'] === true;
-  const out = dryRun ? str('out') ?? '' : required(str('out'), '--out');
+  const out = dryRun ? values.out ?? '' : required(values.out, '--out');
   // Layers and experts are enumerated tensor by tensor: bounded well above any real model.
-  const count = (flag: string, max = 1 << 24) => {
-    const v = str(flag);
+  const count = (flag: 'hidden' | 'intermediate' | 'vocab' | 'heads' | 'kv-heads' | 'experts' | 'layers', max = 1 << 24) => {
+    const v = values[flag];
     return v === undefined ? undefined : number(v, `--${flag}`, 0, { min: 1, integer: true, max });
   };
   const overrides: SynthOverrides = Object.fromEntries(Object.entries({
@@ -70,10 +69,10 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const plan = planSynth({
     preset,
     layers: count('layers', 1024),
-    dtype: oneOf(str('dtype'), '--dtype', ['bf16', 'f32'], 'bf16') === 'bf16' ? 'BF16' : 'F32',
-    seed: number(str('seed'), '--seed', 0, { integer: true, min: 0, max: 2 ** 32 - 1 }),
+    dtype: oneOf(values.dtype, '--dtype', ['bf16', 'f32'], 'bf16') === 'bf16' ? 'BF16' : 'F32',
+    seed: number(values.seed, '--seed', 0, { integer: true, min: 0, max: 2 ** 32 - 1 }),
     overrides,
-    maxShardBytes: str('shard-size') === undefined ? undefined : number(str('shard-size'), '--shard-size', 0, { min: 1 }),
+    maxShardBytes: values['shard-size'] === undefined ? undefined : number(values['shard-size'], '--shard-size', 0, { min: 1 }),
   });
 
   const bytes = plan.shards.reduce((n, s) => n + s.bytes, 0);

@@ -50,13 +50,13 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     layers: { type: 'string' },
     'no-png': { type: 'boolean' },
   });
-  const modelDir = resolveModelDir(required(values.model as string | undefined, '--model'));
-  const outDir = required(values.out as string | undefined, '--out');
-  const idsArg = values.ids as string | undefined;
-  const prompt = values.prompt as string | undefined;
+  const modelDir = resolveModelDir(required(values.model, '--model'));
+  const outDir = required(values.out, '--out');
+  const idsArg = values.ids;
+  const prompt = values.prompt;
   if ((idsArg === undefined) === (prompt === undefined)) throw new UsageError('give exactly one of --ids and --prompt');
-  const topK = number(values['top-k'] as string | undefined, '--top-k', 5, { min: 1, max: 100, integer: true });
-  const layers = values.layers === undefined ? undefined : idList(values.layers as string, '--layers');
+  const topK = number(values['top-k'], '--top-k', 5, { min: 1, max: 100, integer: true });
+  const layers = values.layers === undefined ? undefined : idList(values.layers, '--layers');
 
   const found = hasTokenizer(modelDir);
   let tokenizer: LoadedTokenizer | null = null;
