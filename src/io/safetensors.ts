@@ -224,31 +224,49 @@ function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array
 
 /**
  * Index of the first NaN or ±Inf among little-endian `dtype` elements in `bytes`, or -1.
- * Tests the exponent bits (all ones means non-finite) without converting; half-precision
- * elements are tested two at a time: per 16-bit half, exponent bits all ones plus the
- * lowest exponent bit carries into bit 15, and no carry crosses into the next half.
+ * Tests the exponent bits without converting: masked to its exponent, an element whose
+ * exponent is all ones (non-finite) carries into the bit above it when the exponent's
+ * lowest bit is added, a finite one never does. Half-precision elements are tested two to
+ * a 32-bit word (no carry crosses from one half into the other); for F32 the carry lands
+ * in the sign bit.
  */
 export function firstNonFinite(bytes: Uint8Array, dtype: FloatDType): number {
+  if (bytes.byteOffset % 4 !== 0) return firstNonFiniteSlow(bytes.slice(), dtype);
+  // Int32 views keep every value a small integer for the JIT; blocks are OR-reduced without
+  // a branch per element and only a flagged block is searched element by element.
+  const words = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+  const [mask, add, flag] = dtype === 'F32' ? [0x7f800000, 0x00800000, 0x80000000 | 0]
+    : dtype === 'BF16' ? [0x7f807f80, 0x00800080, 0x80008000 | 0] : [0x7c007c00, 0x04000400, 0x80008000 | 0];
+  const BLOCK = 4096;
+  for (let b = 0; b < words.length; b += BLOCK) {
+    const end = Math.min(words.length, b + BLOCK);
+    let acc = 0;
+    for (let i = b; i < end; i++) acc |= (words[i]! & mask) + add;
+    if ((acc & flag) !== 0) {
+      const per = dtype === 'F32' ? 1 : 2;
+      const i = firstNonFiniteSlow(bytes.subarray(4 * b, 4 * end), dtype);
+      return per * b + i;
+    }
+  }
+  // Half precision: a trailing odd element is not in any word.
+  const tail = (bytes.byteLength & ~3);
+  if (tail < bytes.byteLength && dtype !== 'F32') {
+    const i = firstNonFiniteSlow(bytes.subarray(tail), dtype);
+    if (i >= 0) return tail / 2 + i;
+  }
+  return -1;
+}
+
+/** firstNonFinite element by element (a flagged block, an unaligned buffer, a tail). */
+function firstNonFiniteSlow(bytes: Uint8Array, dtype: FloatDType): number {
   if (dtype === 'F32') {
-    if (bytes.byteOffset % 4 !== 0) return firstNonFinite(bytes.slice(), dtype);
     const u = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
     for (let i = 0; i < u.length; i++) if ((u[i]! & 0x7f800000) === 0x7f800000) return i;
     return -1;
   }
-  if (bytes.byteOffset % 2 !== 0) return firstNonFinite(bytes.slice(), dtype);
-  const [exp, low] = dtype === 'BF16' ? [0x7f80, 0x0080] : [0x7c00, 0x0400];
-  const n = bytes.byteLength >> 1;
-  let from = 0;
-  if (bytes.byteOffset % 4 === 0) {
-    const pairs = new Uint32Array(bytes.buffer, bytes.byteOffset, n >> 1);
-    const mask = exp * 0x10001;
-    const add = low * 0x10001;
-    let i = 0;
-    while (i < pairs.length && (((pairs[i]! & mask) + add) & 0x80008000) === 0) i++;
-    from = 2 * i;
-  }
-  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
-  for (let i = from; i < n; i++) if ((h[i]! & exp) === exp) return i;
+  const exp = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
+  for (let i = 0; i < h.length; i++) if ((h[i]! & exp) === exp) return i;
   return -1;
 }
 
