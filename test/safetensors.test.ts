@@ -263,7 +263,7 @@ describe('malformed files: one typed error naming file and tensor', () => {
     expect(e).toBeInstanceOf(SafetensorsFormatError);
     expect(e.message).toBe(`${tmp.dir}: not a regular file (a directory)`);
     const missing = path.join(tmp.dir, 'absent.safetensors');
-    expect(openError(missing).message).toMatch(new RegExp(`^${missing}: cannot open: ENOENT`));
+    expect(openError(missing).message).toBe(`${missing}: not found`);
   });
 });
 

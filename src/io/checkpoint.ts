@@ -24,8 +24,8 @@ export interface TensorStore {
   names(): string[];
   has(name: string): boolean;
   info(name: string): TensorInfo;
-  /** float32 copy of a tensor, or of `count` elements from element `start`. */
-  readFloat32(name: string, start?: number, count?: number): Float32Array;
+  /** float32 copy of a tensor, or of `count` elements from element `start`; `finite`: NaN / ±Inf is an error. */
+  readFloat32(name: string, start?: number, count?: number, opts?: { finite?: boolean }): Float32Array;
   /** A tensor's raw bytes (its stored dtype) into `out`, exactly its size. */
   readInto(name: string, out: Uint8Array): void;
   close(): void;
@@ -84,8 +84,8 @@ export class MultiFileStore implements TensorStore {
     return this.file(name).info(name);
   }
 
-  readFloat32(name: string, start?: number, count?: number): Float32Array {
-    return this.file(name).readFloat32(name, start, count);
+  readFloat32(name: string, start?: number, count?: number, opts?: { finite?: boolean }): Float32Array {
+    return this.file(name).readFloat32(name, start, count, opts);
   }
 
   readInto(name: string, out: Uint8Array): void {

@@ -13,19 +13,19 @@ export const MAX_JSON_BYTES = 50_000_000;
 /**
  * Opens `file` for reading without blocking (O_NONBLOCK: a FIFO opens at once instead of
  * waiting for a writer) and checks that it is a regular file. The caller closes the fd.
- * @throws CheckpointError naming the file
+ * @throws `Err` (a CheckpointError) naming the file
  */
-export function openRegularFile(file: string): { fd: number; size: number } {
+export function openRegularFile(file: string, Err: typeof CheckpointError = CheckpointError): { fd: number; size: number } {
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new CheckpointError(file, code === 'ENOENT' ? 'not found' : `cannot open: ${(e as Error).message}`);
+    throw new Err(file, code === 'ENOENT' ? 'not found' : `cannot open: ${(e as Error).message}`);
   }
   try {
     const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new CheckpointError(file, `not a regular file (${kindOf(st)})`);
+    if (!st.isFile()) throw new Err(file, `not a regular file (${kindOf(st)})`);
     return { fd, size: st.size };
   } catch (e) {
     fs.closeSync(fd);

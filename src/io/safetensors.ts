@@ -82,7 +82,7 @@ export class SafetensorsFile {
   /** Opens and validates a file; reads only its header. */
   static open(path: string): SafetensorsFile {
     // Opened without blocking and checked before reading: a FIFO must not hang the open.
-    const { fd, size } = openRegularFile(path);
+    const { fd, size } = openRegularFile(path, SafetensorsFormatError);
     try {
       const { metadata, tensors } = readHeader(path, fd, size);
       return new SafetensorsFile(path, fd, size, metadata, tensors);
@@ -123,9 +123,10 @@ export class SafetensorsFile {
 
   /**
    * Reads `count` elements starting at element `start` of a tensor (row slices of an
-   * embedding, say) and converts them to float32.
+   * embedding, say) and converts them to float32. With `finite`, a NaN or ±Inf is a
+   * CheckpointError naming the element, found in the same pass as the conversion.
    */
-  readFloat32(name: string, start = 0, count?: number): Float32Array {
+  readFloat32(name: string, start = 0, count?: number, opts: { finite?: boolean } = {}): Float32Array {
     const t = this.info(name);
     if (!isFloatDType(t.dtype)) {
       throw new SafetensorsFormatError(this.path,
@@ -140,7 +141,9 @@ export class SafetensorsFile {
     const position = t.begin + start * size;
     if (t.dtype === 'F32') {
       // Read straight into the result's bytes: no second copy of a 700 MB tensor.
-      return new Float32Array(this.readRange(position, n * 4, name).buffer);
+      const bytes = this.readRange(position, n * 4, name);
+      if (opts.finite) throwIfNonFinite(t, bytes, 'F32', start);
+      return new Float32Array(bytes.buffer);
     }
     // Half precision: read in chunks through one small scratch buffer and widen each
     // chunk while it is in cache, so a 14336×4096 bf16 matrix never exists twice.
@@ -152,7 +155,8 @@ export class SafetensorsFile {
       const m = Math.min(chunk, n - i);
       const bytes = scratch.subarray(0, m * 2);
       readFully(this.path, this.fd, bytes, position + i * 2, name);
-      widenInto(new Uint16Array(scratch.buffer, 0, m), t.dtype, out.subarray(i, i + m));
+      const flagged = widenInto(new Uint16Array(scratch.buffer, 0, m), t.dtype, out.subarray(i, i + m));
+      if (opts.finite && flagged) throwIfNonFinite(t, bytes, t.dtype, start + i);
     }
     return out;
   }
@@ -210,17 +214,51 @@ export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
 /** Elements widened per chunk by readFloat32 (8 MB of bf16 scratch). */
 const CONVERT_CHUNK = 1 << 22;
 
-/** Widens little-endian F16/BF16 elements into `out` (same length), exactly. */
-function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array): void {
+/**
+ * Widens little-endian F16/BF16 elements into `out` (same length), exactly. Returns whether
+ * one of them is NaN or ±Inf (the exponent test of NONFINITE_BITS, folded into the same loop).
+ */
+function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array): boolean {
   const n = halves.length;
+  let acc = 0;
   if (dtype === 'BF16') {
     // bf16 is the top half of a float32: shifting the bits back is exact.
     const bits = new Int32Array(out.buffer, out.byteOffset, n);
-    for (let i = 0; i < n; i++) bits[i] = halves[i]! << 16;
+    for (let i = 0; i < n; i++) {
+      const h = halves[i]!;
+      bits[i] = h << 16;
+      acc |= (h & 0x7f80) + 0x0080;
+    }
   } else {
-    for (let i = 0; i < n; i++) out[i] = halfToFloat(halves[i]!);
+    for (let i = 0; i < n; i++) {
+      const h = halves[i]!;
+      out[i] = halfToFloat(h);
+      acc |= (h & 0x7c00) + 0x0400;
+    }
   }
+  return (acc & 0x8000) !== 0;
 }
+
+/**
+ * Throws a CheckpointError at the first NaN / ±Inf of `bytes`, elements from `start` of
+ * tensor `t` as stored (nothing when there is none).
+ */
+export function throwIfNonFinite(t: TensorInfo, bytes: Uint8Array, dtype: FloatDType, start: number): void {
+  const i = firstNonFinite(bytes, dtype);
+  if (i < 0) return;
+  const at = start + i;
+  const cols = t.shape.length === 2 ? t.shape[1]! : 0;
+  const value = toFloat32(bytes.slice(i * dtypeSize(dtype)!, (i + 1) * dtypeSize(dtype)!), dtype)[0]!;
+  throw new CheckpointError(t.file, `holds ${value} at element ${at}${cols > 0 ? ` (row ${Math.floor(at / cols)}, column ${at % cols})` : ''}; ` +
+    'weights must be finite', t.name);
+}
+
+/** The exponent test of firstNonFinite per dtype, on 32-bit words (also the kernels' `nonfinite`). */
+export const NONFINITE_BITS: Readonly<Record<FloatDType, { mask: number; add: number; flag: number }>> = {
+  F32: { mask: 0x7f800000, add: 0x00800000, flag: 0x80000000 | 0 },
+  BF16: { mask: 0x7f807f80, add: 0x00800080, flag: 0x80008000 | 0 },
+  F16: { mask: 0x7c007c00, add: 0x04000400, flag: 0x80008000 | 0 },
+};
 
 /**
  * Index of the first NaN or ±Inf among little-endian `dtype` elements in `bytes`, or -1.
@@ -235,8 +273,7 @@ export function firstNonFinite(bytes: Uint8Array, dtype: FloatDType): number {
   // Int32 views keep every value a small integer for the JIT; blocks are OR-reduced without
   // a branch per element and only a flagged block is searched element by element.
   const words = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
-  const [mask, add, flag] = dtype === 'F32' ? [0x7f800000, 0x00800000, 0x80000000 | 0]
-    : dtype === 'BF16' ? [0x7f807f80, 0x00800080, 0x80008000 | 0] : [0x7c007c00, 0x04000400, 0x80008000 | 0];
+  const { mask, add, flag } = NONFINITE_BITS[dtype];
   const BLOCK = 4096;
   for (let b = 0; b < words.length; b += BLOCK) {
     const end = Math.min(words.length, b + BLOCK);

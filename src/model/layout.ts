@@ -7,9 +7,8 @@
  * `tensorSource` sees HF names and HF row order only.
  */
 import type { Checkpoint, TensorStore } from '../io/checkpoint.js';
-import { firstNonFinite, isFloatDType, toFloat32, type FloatDType } from '../io/safetensors.js';
+import { isFloatDType, throwIfNonFinite, type FloatDType } from '../io/safetensors.js';
 import type { ModelConfig } from './config.js';
-import { WeightError } from './errors.js';
 
 /** Where the data of one canonical tensor comes from. */
 export interface TensorSource {
@@ -19,8 +18,12 @@ export interface TensorSource {
   dtype(name: string): string;
   /** float32 copy of the tensor, or of `count` elements from element `start`, in HF row order. */
   read(name: string, start?: number, count?: number): Float32Array;
-  /** The stored bytes into `out` (exactly the tensor's size), in HF row order. */
-  readInto(name: string, out: Uint8Array): void;
+  /**
+   * The stored bytes into `out` (exactly the tensor's size), in HF row order. `mayBeNonFinite`
+   * is a fast first test of the bytes read (the kernels' SIMD scan); only when it says yes are
+   * they searched in JS for the element to name.
+   */
+  readInto(name: string, out: Uint8Array, mayBeNonFinite?: (bytes: Uint8Array, dtype: FloatDType) => boolean): void;
 }
 
 /** HF name → Mistral native name (inverse of what HF's converter does). */
@@ -91,9 +94,10 @@ export function permuteRowsNativeToHf(data: Uint8Array, heads: number, d: number
 
 /**
  * Canonical-name access to a checkpoint of any layout. Every read is checked for NaN and
- * ±Inf as it arrives (one pass over the bytes just read, while they are in cache): a
- * non-finite weight would otherwise produce a confident wrong answer (argmax over NaN
- * logits is id 0), so it is a WeightError naming the tensor and the first bad element.
+ * ±Inf as it arrives (float32 reads while they are widened, stored-width reads by the
+ * caller's fast scan): a non-finite weight would otherwise produce a confident wrong answer
+ * (argmax over NaN logits is id 0), so it is a CheckpointError naming the tensor and the
+ * first bad element.
  */
 export function tensorSource(ckpt: Checkpoint, c: ModelConfig): TensorSource {
   const store: TensorStore = ckpt.store;
@@ -106,30 +110,16 @@ export function tensorSource(ckpt: Checkpoint, c: ModelConfig): TensorSource {
     shape: (name) => (store.has(stored(name)) ? store.info(stored(name)).shape : undefined),
     dtype: (name) => store.info(stored(name)).dtype,
     read: (name, start = 0, count) => {
-      const data = store.readFloat32(stored(name), start, count);
-      checkFinite(store, stored(name), new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 'F32', start);
+      const data = store.readFloat32(stored(name), start, count, { finite: true }); // checked while widened
       const heads = ropeHeads(name);
       return heads === null ? data : permuteNativeToHf(data, heads, c.headDim, c.hiddenSize);
     },
-    readInto: (name, out) => {
+    readInto: (name, out, mayBeNonFinite) => {
       store.readInto(stored(name), out);
       const info = store.info(stored(name));
-      if (isFloatDType(info.dtype)) checkFinite(store, stored(name), out, info.dtype, 0);
+      if (isFloatDType(info.dtype) && (mayBeNonFinite?.(out, info.dtype) ?? true)) throwIfNonFinite(info, out, info.dtype, 0);
       const heads = ropeHeads(name);
       if (heads !== null) permuteRowsNativeToHf(out, heads, c.headDim, out.length / (heads * c.headDim));
     },
   };
-}
-
-/** Throws a WeightError at the first NaN / ±Inf of `bytes` (elements from `start` of tensor `name`, as stored). */
-function checkFinite(store: TensorStore, name: string, bytes: Uint8Array, dtype: FloatDType, start: number): void {
-  const i = firstNonFinite(bytes, dtype);
-  if (i < 0) return;
-  const info = store.info(name);
-  const at = start + i;
-  const cols = info.shape.length === 2 ? info.shape[1]! : 0;
-  const value = dtype === 'F32' ? new Float32Array(bytes.buffer, bytes.byteOffset + 4 * i, 1)[0]!
-    : toFloat32(bytes.slice(2 * i, 2 * i + 2), dtype)[0]!;
-  throw new WeightError(info.file, `holds ${value} at element ${at}${cols > 0 ? ` (row ${Math.floor(at / cols)}, column ${at % cols})` : ''}; ` +
-    'weights must be finite', name);
 }
