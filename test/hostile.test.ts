@@ -112,6 +112,24 @@ describe('2: non-finite weights are rejected where they are read', () => {
     expectOneLine(r, '[model.embed_tokens.weight]: holds -Infinity at element 2565 (row 20, column 5)');
   });
 
+  it('bf16 weights in resident memory: found by the SIMD scan, and in the last bytes it leaves to JS', async () => {
+    for (const at of ['middle', 'tail'] as const) {
+      const d = copyOf('mistral-tiny-bf16');
+      const file = path.join(d, 'model.safetensors');
+      const bytes = fs.readFileSync(file);
+      const len = Number(bytes.readBigUInt64LE(0));
+      const header = JSON.parse(bytes.subarray(8, 8 + len).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+      const t = header['model.layers.1.self_attn.q_proj.weight']!;
+      expect(t.dtype).toBe('BF16');
+      const n = (t.data_offsets[1] - t.data_offsets[0]) / 2;
+      const i = at === 'middle' ? 1001 : n - 3;
+      bytes.writeUInt16LE(0xff80, 8 + len + t.data_offsets[0] + 2 * i); // -Inf
+      fs.writeFileSync(file, bytes);
+      const r = await runCli(['generate', '--model', d, '--ids', '1,2', '--max-tokens', '1', '--weights', 'resident']);
+      expectOneLine(r, `[model.layers.1.self_attn.q_proj.weight]: holds -Infinity at element ${i} (row ${Math.floor(i / t.shape[1]!)}, column ${i % t.shape[1]!})`);
+    }
+  });
+
   it('firstNonFinite finds the first NaN / Inf in f32, bf16 and f16 bits, at any position', () => {
     for (let n = 1; n < 9; n++) {
       for (let at = 0; at < n; at++) {
