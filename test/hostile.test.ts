@@ -362,6 +362,21 @@ describe('10: messages', () => {
     }
   });
 
+  it('synth under /proc names the folder it cannot create, not "needs 0.1 MB, 0.0 MB free"', async () => {
+    const r = await runCli(['synth', '--preset', 'mistral-7b-v0.1', '--layers', '1', '--hidden', '64', '--intermediate', '128', '--vocab', '100', '--out', '/proc/x']);
+    expectOneLine(r, '--out /proc/x: cannot create /proc/x.partial');
+  });
+
+  it('bare mistral-ref prints the usage on stderr (exit 2); --help on stdout (exit 0)', async () => {
+    const bare = await runCli([]);
+    expect(bare.code).toBe(2);
+    expect(bare.stdout).toBe('');
+    expect(bare.stderr).toContain('usage: mistral-ref <command> [options]');
+    const help = await runCli(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('usage: mistral-ref <command> [options]');
+  });
+
   it('a reference that is absent says so', async () => {
     const r = await runCli(['parity', '--model', modelDir('mistral-demo'), '--reference', path.join(tmp.dir, 'none.json')]);
     expectOneLine(r, 'none.json: not found');
