@@ -22,7 +22,11 @@ interface LockEntry { version?: string; dev?: boolean; [k: string]: unknown }
 /** Packs the repo and installs the tarball into `project` without the network. */
 function packAndInstall(): void {
   const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as Record<string, unknown> & { name: string; version: string };
-  const out = execFileSync(npm, ['pack', '--json', '--pack-destination', tmp.dir], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  // Build dist/ with tsc alone, then pack without scripts: `prepare` would also rewrite the
+  // generated kernels file that other test files may be importing right now (global-setup
+  // built it before any test ran).
+  execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'ignore' });
+  const out = execFileSync(npm, ['pack', '--json', '--ignore-scripts', '--pack-destination', tmp.dir], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
   const tgzName = (JSON.parse(out.slice(out.indexOf('['))) as Array<{ filename: string }>)[0]!.filename;
   fs.mkdirSync(project);
   const tgz = path.join(project, tgzName);
