@@ -3,7 +3,7 @@
  * the file, tensor or flag — never a hang, never unbounded memory, never a confident wrong
  * answer. Cases start from a copy of the bundled demo model and break one thing.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -314,6 +314,17 @@ describe('9: no silent leniency', () => {
   it('a prompt character outside a tokenizer without byte fallback is an error, not a silent <unk>', async () => {
     const r = await runCli(['generate', '--model', modelDir('mistral-demo'), '--prompt', '47+é8=', '--max-tokens', '2']);
     expectOneLine(r, `--prompt: character "é" at index 3 is outside the vocabulary of ${path.join(modelDir('mistral-demo'), 'tokenizer.json')} (it would become <unk>, id 0)`);
+  });
+});
+
+describe('4: a library error after useBackend(\'wasm\') is Node\'s own report (exit 1), not exit 7', () => {
+  it('the wasm glue\'s rethrowing process handlers are removed', () => {
+    const script = path.join(tmp.dir, `wasm-throw-${counter++}.mts`);
+    fs.writeFileSync(script, `import { useBackend, Transformer } from ${JSON.stringify(path.join(ROOT, 'src', 'index.ts'))};\n` +
+      "await useBackend('wasm');\nTransformer.load('no-such-model-folder');\n");
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toContain('CheckpointError: no-such-model-folder: not a directory: nothing exists at this path');
   });
 });
 

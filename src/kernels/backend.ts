@@ -39,13 +39,30 @@ export async function useBackend(name: BackendName): Promise<void> {
   // The wasm module binds its stderr printer once, when it is instantiated: the watch has
   // to be in place before the first tf.setBackend('wasm').
   const watching = name === 'wasm' && !('wasm' in tf.engine().registry) ? watchWasmInit() : null;
+  const before = processListeners();
   try {
     if (!(await tf.setBackend(name))) throw new BackendError(`backend ${name} failed to initialise`);
     await tf.ready();
   } finally {
     watching?.end();
+    dropAddedListeners(before);
   }
   if (name === 'wasm') guardWasm(watching !== null);
+}
+
+function processListeners() {
+  return { exception: process.listeners('uncaughtException'), rejection: process.listeners('unhandledRejection') };
+}
+
+/**
+ * The wasm backend's emscripten glue adds process handlers that rethrow every uncaught
+ * error from inside a handler, so any later error in a user's script ended the process
+ * with exit code 7 ("uncaught exception handler threw") instead of Node's own report.
+ * They do nothing else for us: remove what initialising a backend added.
+ */
+function dropAddedListeners(before: ReturnType<typeof processListeners>): void {
+  for (const l of process.listeners('uncaughtException')) if (!before.exception.includes(l)) process.removeListener('uncaughtException', l);
+  for (const l of process.listeners('unhandledRejection')) if (!before.rejection.includes(l)) process.removeListener('unhandledRejection', l);
 }
 
 async function importTensorflowBackend(): Promise<void> {
