@@ -191,6 +191,10 @@ describe('3: trace --out paths that cannot be written are exit 2, never a hang',
     expectOneLine(await trace(file), `--out ${file}: exists and is not a folder`);
     expectOneLine(await trace(path.join(file, 'sub', 'dir')), `--out ${path.join(file, 'sub', 'dir')}: ${file} is not a folder`);
     expectOneLine(await trace('/proc/x'), '--out /proc/x: cannot create /proc/x.partial');
+    // A folder we may not write to (tests run as root, which passes permission bits: sysfs refuses even root).
+    if (fs.existsSync('/sys/kernel')) {
+      expectOneLine(await trace('/sys/kernel/x'), '--out /sys/kernel/x: cannot create /sys/kernel/x.partial (operation not permitted, EPERM)');
+    }
   });
 
   it('a second run replaces the first run\'s files as a whole: no stale pictures', async () => {
