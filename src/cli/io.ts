@@ -8,6 +8,8 @@ export interface CliIO {
   readonly interactive: boolean;
   /** Standard input as text lines (tokenize --jsonl, chat). */
   readonly stdin: () => AsyncIterable<string>;
+  /** Resolves when stdout has taken what was written (a slow pipe must not make us buffer without bound). */
+  readonly drain?: () => Promise<void>;
 }
 
 export const processIO: CliIO = {
@@ -15,6 +17,7 @@ export const processIO: CliIO = {
   stderr: (t) => { process.stderr.write(t); },
   interactive: process.stderr.isTTY === true,
   stdin: () => textLines(process.stdin),
+  drain: () => (process.stdout.writableNeedDrain ? new Promise((resolve) => process.stdout.once('drain', resolve)) : Promise.resolve()),
 };
 
 /** A stdin line longer than this is refused (`tokenize --jsonl < /dev/zero` must not fill memory). */

@@ -48,6 +48,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
         throw new UsageError(`stdin line ${n}: expected a JSON string, got ${JSON.stringify(line.length > 40 ? `${line.slice(0, 40)}…` : line)}`);
       }
       io.stdout(JSON.stringify(tok.encode(text, { bos })) + '\n');
+      await io.drain?.(); // output to a slow reader waits, instead of piling up in memory
     }
     return 0;
   }
