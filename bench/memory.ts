@@ -73,7 +73,7 @@ async function child(dir: string): Promise<void> {
 }
 
 async function parent(): Promise<void> {
-  const { planSynth, synthesize } = await import('../src/io/synthetic.js');
+  const { planSynth, synthesize } = await import('../src/cli/synthetic.js');
   type Preset = Parameters<typeof planSynth>[0]['preset'];
   const preset = values.preset as Preset;
   const counts = values.layers!.split(',').map(Number);

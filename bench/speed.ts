@@ -45,7 +45,7 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { checkpointSize } from '../src/cli/common.js';
 import { generate } from '../src/generate/index.js';
-import { planSynth, synthesize, type SynthOptions, type SynthPlan } from '../src/io/synthetic.js';
+import { planSynth, synthesize, type SynthOptions, type SynthPlan } from '../src/cli/synthetic.js';
 import { useBackend, type BackendName } from '../src/kernels/backend.js';
 import type { KernelsName } from '../src/kernels/linear.js';
 import { kernelVariant } from '../src/kernels/simd/arena.js';

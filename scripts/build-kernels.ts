@@ -510,6 +510,31 @@ const READ = `
     (i32x4.extract_lane 0 (v128.xor (v128.xor (local.get $a) (local.get $b)) (v128.xor (local.get $c) (local.get $d))))
   )`;
 
+/**
+ * Whether `n` bytes at `p` (a multiple of 64) hold a NaN or ±Inf, without converting: each
+ * 32-bit word is masked to its exponent bits (`mask`: one exponent for f32, two for bf16 /
+ * f16) and the exponents' lowest bit added (`add`); only an all-ones exponent carries into
+ * the bit above it (`flag`: the sign bit of each element). Words are OR-folded, tested once.
+ * The weight loader's check: it runs at memory speed where a JS loop does ~1 GB/s.
+ */
+const NONFINITE = `
+  (func $nonfinite (export "nonfinite") (param $p i32) (param $n i32) (param $mask i32) (param $add i32) (param $flag i32) (result i32)
+    (local $end i32) (local $m v128) (local $s v128) (local $a v128) (local $b v128) (local $c v128) (local $d v128)
+    (local.set $end (i32.add (local.get $p) (local.get $n)))
+    (local.set $m (i32x4.splat (local.get $mask)))
+    (local.set $s (i32x4.splat (local.get $add)))
+    (block $d_ (loop $l
+      (br_if $d_ (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $a (v128.or (local.get $a) (i32x4.add (v128.and (v128.load (local.get $p)) (local.get $m)) (local.get $s))))
+      (local.set $b (v128.or (local.get $b) (i32x4.add (v128.and (v128.load offset=16 (local.get $p)) (local.get $m)) (local.get $s))))
+      (local.set $c (v128.or (local.get $c) (i32x4.add (v128.and (v128.load offset=32 (local.get $p)) (local.get $m)) (local.get $s))))
+      (local.set $d (v128.or (local.get $d) (i32x4.add (v128.and (v128.load offset=48 (local.get $p)) (local.get $m)) (local.get $s))))
+      (local.set $p (i32.add (local.get $p) (i32.const 64)))
+      (br $l)))
+    (v128.any_true (v128.and (v128.or (v128.or (local.get $a) (local.get $b)) (v128.or (local.get $c) (local.get $d)))
+      (i32x4.splat (local.get $flag))))
+  )`;
+
 function kernelsWat(relaxed: boolean): string {
   RELAXED = relaxed;
   return `(module
@@ -521,6 +546,7 @@ function kernelsWat(relaxed: boolean): string {
   ${ATTEND()}
   ${FLOPS()}
   ${READ}
+  ${NONFINITE}
 )`;
 }
 

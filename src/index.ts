@@ -4,13 +4,14 @@
  *   import { useBackend, Transformer, generate, runWithCache, loadTokenizer } from 'mistral-ref';
  *
  *   await useBackend('wasm');
- *   const model = Transformer.load('models/mistral-demo');
- *   const tok = await loadTokenizer('models/mistral-demo');
+ *   const model = Transformer.load(bundledModel('mistral-demo'));   // or any checkpoint folder
+ *   const tok = await loadTokenizer(bundledModel('mistral-demo'));
  *   for await (const t of generate(model, tok.encode('47+38=', { bos: true }))) process.stdout.write(tok.decode([t.id]));
  *   model.dispose();
  */
 
 // floor 1: files, tokenizers, backends
+export * from './io/bundled.js';
 export * from './io/checkpoint.js';
 export * from './io/errors.js';
 export * from './io/reference.js';

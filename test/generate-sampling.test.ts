@@ -116,6 +116,17 @@ describe('TextStream', () => {
     expect(s.push(3)).toBe('ris');
   });
 
+  it('decodes in a window: ids decoded grow linearly with the tokens streamed (issue 14: was quadratic)', () => {
+    let decoded = 0;
+    const counting = (ids: readonly number[]) => { decoded += ids.length; return decode(ids); };
+    const s = new TextStream(counting, [1]);
+    const ids = Array.from({ length: 4000 }, (_, i) => [2, 3, 4, 5, 6, 7][i % 6]!);
+    const out = ids.map((id) => s.push(id)).join('') + s.flush();
+    expect(out).toBe(decode([1, ...ids]).slice('is'.length));
+    expect(s.text).toBe(out);
+    expect(decoded).toBeLessThan(20 * ids.length); // re-decoding everything: ~8 million
+  });
+
   it('flush returns an incomplete character at the end', () => {
     const s = new TextStream(decode, [1]);
     expect(s.push(4)).toBe('');

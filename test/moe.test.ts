@@ -8,6 +8,7 @@ import { Reference } from '../src/io/reference.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { maxAbsDiff } from '../src/inspect/parity.js';
 import { useBackend } from '../src/kernels/backend.js';
+import { NonFiniteError } from '../src/model/errors.js';
 import { routeToken } from '../src/model/moe.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { modelDir, refFile } from './helpers/fixtures.js';
@@ -52,7 +53,7 @@ describe('sparse experts', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mistral-ref-moe-'));
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-  it('never evaluates an expert no token chose: a NaN expert leaves the golden logits intact', () => {
+  it('never evaluates an expert no token chose: a poisoned expert leaves the golden logits intact', () => {
     // Find a (layer, expert) that no token of some golden prompt is routed to.
     const model = Transformer.load(modelDir('mixtral-tiny'));
     const ref = Reference.open(refFile('mixtral-tiny'));
@@ -70,7 +71,8 @@ describe('sparse experts', () => {
     expect(pick).toBeDefined();
     const { prompt, layer, expert } = pick!;
 
-    // Copy the checkpoint and fill that expert's three matrices with NaN.
+    // Copy the checkpoint and fill that expert's three matrices with 3e38: finite (NaN weights
+    // are refused at load), but any token run through them overflows to ±Inf / NaN.
     const dir = path.join(tmp, 'nan-expert');
     fs.mkdirSync(dir);
     for (const f of fs.readdirSync(modelDir('mixtral-tiny'))) fs.copyFileSync(path.join(modelDir('mixtral-tiny'), f), path.join(dir, f));
@@ -80,7 +82,7 @@ describe('sparse experts', () => {
     const st = SafetensorsFile.open(file);
     for (const w of ['w1', 'w2', 'w3']) {
       const { begin, end } = st.info(`model.layers.${layer}.block_sparse_moe.experts.${expert}.${w}.weight`);
-      new Float32Array(bytes.buffer, bytes.byteOffset + begin, (end - begin) / 4).fill(NaN);
+      new Float32Array(bytes.buffer, bytes.byteOffset + begin, (end - begin) / 4).fill(3e38);
     }
     st.close();
     fs.writeFileSync(file, bytes);
@@ -93,15 +95,20 @@ describe('sparse experts', () => {
     expect(maxAbsDiff(logits, ref.tensor(p.tensors.logits).data)).toBeLessThan(5e-5);
     disposeResult(r);
     // The expert does exist and poisons any token routed to it: force one token there.
-    const forced = poisoned.forward(p.input_ids, {
-      hooks: new Map([[`blocks.${layer}.moe.hook_expert_indices`, (t: tf.Tensor) => tf.tidy(() => {
-        const ids = t.arraySync() as number[][];
-        ids[0]![1] = expert;
-        return tf.tensor2d(ids, t.shape as [number, number], 'int32');
-      })]]),
-    });
-    expect(forced.logits.dataSync().some(Number.isNaN)).toBe(true);
-    disposeResult(forced);
+    let caught: unknown;
+    try {
+      disposeResult(poisoned.forward(p.input_ids, {
+        hooks: new Map([[`blocks.${layer}.moe.hook_expert_indices`, (t: tf.Tensor) => tf.tidy(() => {
+          const ids = t.arraySync() as number[][];
+          ids[0]![1] = expert;
+          return tf.tensor2d(ids, t.shape as [number, number], 'int32');
+        })]]),
+      }));
+    } catch (e) {
+      caught = e;
+    }
+    expect(caught).toBeInstanceOf(NonFiniteError);
+    expect((caught as NonFiniteError).layer).toBe(layer);
     poisoned.dispose();
     ref.close();
   });

@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { planSynth, synthesize } from '../src/io/synthetic.js';
+import { planSynth, synthesize } from '../src/cli/synthetic.js';
 import { useBackend } from '../src/kernels/backend.js';
 import { Transformer } from '../src/model/transformer.js';
 import { ChatServer } from '../src/serve/server.js';

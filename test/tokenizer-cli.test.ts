@@ -75,7 +75,7 @@ describe('mistral-ref chat', () => {
       [['chat'], 'mistral-ref chat: --model is required\n'],
       [['chat', '--model', DEMO, '--format', 'v9'], 'mistral-ref chat: --format must be one of mistral-v1, mistral-v3, mistral-v7, chat-template, got "v9"\n'],
       [['chat', '--model', DEMO, '--max-tokens', '0'], 'mistral-ref chat: --max-tokens expects an integer ≥ 1, got "0"\n'],
-      [['chat', '--model', DEMO, '--tools', path.join(tmp, 'missing.json')], `mistral-ref chat: --tools ${path.join(tmp, 'missing.json')}: ENOENT: no such file or directory, open '${path.join(tmp, 'missing.json')}'\n`],
+      [['chat', '--model', DEMO, '--tools', path.join(tmp, 'missing.json')], `mistral-ref chat: --tools ${path.join(tmp, 'missing.json')}: not found\n`],
       [['chat', '--model', DEMO, '--tokenizer', path.join(tmp, 'none')], `mistral-ref chat: ${path.join(tmp, 'none')}: no such file or folder\n`],
     ];
     for (const [argv, stderr] of cases) {

@@ -3,17 +3,28 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BACKENDS, type BackendName } from '../kernels/backend.js';
 import { UsageError } from './errors.js';
 
-type Options = NonNullable<ParseArgsConfig['options']>;
+export type Options = NonNullable<ParseArgsConfig['options']>;
 
-export interface Parsed {
-  readonly values: Record<string, string | boolean | undefined>;
+/**
+ * The values of an options spec, typed from it: a `string` flag gives string | undefined, a
+ * `boolean` flag boolean | undefined. Commands read `values.model`, never cast.
+ */
+export type Values<O extends Options> = { readonly [K in keyof O]?: O[K] extends { type: 'boolean' } ? boolean : string };
+
+export interface Parsed<O extends Options> {
+  readonly values: Values<O>;
   readonly positionals: string[];
 }
 
-export function parse(args: string[], options: Options, allowPositionals = false): Parsed {
+/**
+ * node:util parseArgs, strict, with every problem a UsageError. The spec is a literal
+ * (`const O`), so `Values<O>` knows each flag's type; a command adds its own flags to the
+ * shared ones by spreading them (`{ ...MODEL_OPTIONS, prompt: { type: 'string' } }`).
+ */
+export function parse<const O extends Options>(args: string[], options: O, allowPositionals = false): Parsed<O> {
   try {
     const { values, positionals } = parseArgs({ args, options, allowPositionals, strict: true });
-    return { values: values as Parsed['values'], positionals };
+    return { values: values as Values<O>, positionals };
   } catch (e) {
     throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/, ''));
   }
@@ -52,7 +63,8 @@ export function oneOf<T extends string>(value: string | undefined, flag: string,
 export function idList(value: string, flag: string): number[] {
   const parts = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
   const ids = parts.map(Number);
-  if (parts.length === 0 || ids.some((x) => !Number.isSafeInteger(x) || x < 0)) {
+  // Decimal digits only: Number() would also read "0x10" as 16 and "1e1" as 10.
+  if (parts.length === 0 || parts.some((p) => !/^\d+$/.test(p)) || ids.some((x) => !Number.isSafeInteger(x))) {
     throw new UsageError(`${flag} expects comma-separated non-negative integers, got ${JSON.stringify(value)}`);
   }
   return ids;

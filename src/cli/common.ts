@@ -1,5 +1,6 @@
 /** Options and steps several commands share. */
 import * as os from 'node:os';
+import { resolveModelDir } from '../io/bundled.js';
 import { openCheckpoint } from '../io/checkpoint.js';
 import { useBackend, type BackendName } from '../kernels/backend.js';
 import { Transformer } from '../model/transformer.js';
@@ -7,8 +8,8 @@ import { KERNELS, type KernelsName } from '../kernels/linear.js';
 import { defaultThreads, MAX_THREADS, setThreads } from '../kernels/simd/pool.js';
 import { chooseResidency, residencyProblem, type CheckpointSize, type Residency } from '../model/residency.js';
 import { randomSeed } from '../generate/index.js';
-import { findTokenizerFile } from '../tokenizer/index.js';
-import { backend, number, oneOf, required, type Parsed } from './args.js';
+import { findTokenizerFile, type LoadedTokenizer } from '../tokenizer/index.js';
+import { backend, number, oneOf, required, type Values } from './args.js';
 import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 
@@ -22,7 +23,8 @@ export const MODEL_OPTIONS = {
 } as const;
 
 export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (config.json + model.safetensors, or sharded
-                         with model.safetensors.index.json) or native (params.json + consolidated.safetensors)
+                         with model.safetensors.index.json) or native (params.json + consolidated.safetensors),
+                         or the name of a bundled model (mistral-demo, mixtral-demo)
   --backend NAME         cpu (default, the readable reference), wasm (fast), tensorflow
                          (needs the optional @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node),
                          webgpu (Dawn: a GPU, or Mesa's software adapter; see mistral-ref backends)
@@ -42,21 +44,20 @@ export const MODEL_USAGE = `  --model DIR            checkpoint folder: HF (conf
  * asks for. `auto` weighs the checkpoint's float32 size (from its headers) against free
  * memory, and says on stderr (when it is a terminal) when it chose to stream.
  */
-export async function loadModelFromArgs(values: Parsed['values'], io?: CliIO): Promise<Transformer> {
-  const name = backend(values.backend as string | undefined);
+export async function loadModelFromArgs(values: Values<typeof MODEL_OPTIONS>, io?: CliIO): Promise<Transformer> {
+  const name = backend(values.backend);
   await useBackend(name);
-  const dir = required(values.model as string | undefined, '--model');
-  const mode = oneOf<Residency | 'auto'>(values.weights as string | undefined, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
+  const dir = resolveModelDir(required(values.model, '--model'));
+  const mode = oneOf<Residency | 'auto'>(values.weights, '--weights', ['auto', 'resident', 'eager', 'stream'], 'auto');
   // On webgpu the products belong on the device: tfjs kernels over float32 tensors by default.
-  const kernels = oneOf<KernelsName>(values.kernels as string | undefined, '--kernels', KERNELS,
-    mode === 'eager' || name === 'webgpu' ? 'tfjs' : 'simd');
+  const kernels = oneOf<KernelsName>(values.kernels, '--kernels', KERNELS, mode === 'eager' || name === 'webgpu' ? 'tfjs' : 'simd');
   if (kernels === 'tfjs' && mode === 'resident') {
     throw new UsageError('--weights resident runs on the simd kernels; with --kernels tfjs use --weights eager or stream');
   }
   if (kernels === 'simd' && mode === 'eager') {
     throw new UsageError('--weights eager holds float32 tfjs tensors, multiplied by --kernels tfjs; the simd kernels use --weights resident or stream');
   }
-  setThreads(number(values.threads as string | undefined, '--threads', defaultThreads(), { min: 1, max: MAX_THREADS, integer: true }));
+  setThreads(number(values.threads, '--threads', defaultThreads(), { min: 1, max: MAX_THREADS, integer: true }));
   const size = checkpointSize(dir);
   const free = os.freemem();
   let weights: Residency;
@@ -132,6 +133,32 @@ export function hasTokenizer(dir: string): boolean {
   }
 }
 
+/**
+ * A tokenizer and a model must agree on the vocabulary: checked before the first token,
+ * not found when the model generates an id the tokenizer cannot decode mid-answer.
+ */
+export function checkVocabulary(tok: LoadedTokenizer, model: Transformer): void {
+  const m = model.config.vocabSize;
+  if (tok.vocabSize !== m) {
+    throw new UsageError(`the tokenizer ${tok.source} has ${tok.vocabSize} ids but the model's vocab_size is ${m} ` +
+      `(${model.checkpoint.configFile}); they must match`);
+  }
+}
+
+/**
+ * Encodes a prompt; a character the vocabulary lacks (a tokenizer without byte fallback
+ * maps it to <unk>) is an error naming it, not a silent <unk> the model then answers.
+ */
+export function encodePrompt(tok: LoadedTokenizer, text: string, flag: string, bos: boolean): number[] {
+  const ids = tok.encode(text, { bos });
+  const unk = tok.specialId('<unk>') ?? tok.pieceToId('<unk>');
+  if (unk === undefined || !ids.includes(unk) || text.includes('<unk>')) return ids;
+  const chars = [...text];
+  const at = chars.findIndex((ch) => tok.encode(ch).includes(unk));
+  throw new UsageError(`${flag}: character ${JSON.stringify(chars[at] ?? '?')} at index ${at} is outside the vocabulary of ` +
+    `${tok.source} (it would become <unk>, id ${unk})`);
+}
+
 /** The tokenizer files a model folder may hold, for messages. */
 export const TOKENIZER_FILES = 'tokenizer.model.v*, tokenizer.model or tokenizer.json';
 
@@ -144,8 +171,8 @@ export const SAMPLING_OPTIONS = {
 } as const;
 
 /** --temperature, --top-k, --top-p and --seed, checked; a random seed when sampling without one. */
-export function samplingFromArgs(values: Parsed['values']): { temperature: number; topK?: number; topP?: number; seed: number } {
-  const str = (k: string) => values[k] as string | undefined;
+export function samplingFromArgs(values: Values<typeof SAMPLING_OPTIONS>): { temperature: number; topK?: number; topP?: number; seed: number } {
+  const str = (k: keyof typeof SAMPLING_OPTIONS) => values[k];
   const temperature = number(str('temperature'), '--temperature', 0, { min: 0 });
   const topK = str('top-k') === undefined ? undefined : number(str('top-k'), '--top-k', 0, { min: 1, integer: true });
   const topP = str('top-p') === undefined ? undefined : number(str('top-p'), '--top-p', 1, { min: 0, max: 1 });

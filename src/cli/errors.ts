@@ -1,6 +1,6 @@
 import { CheckpointError } from '../io/errors.js';
 import { BackendError } from '../kernels/backend.js';
-import { InputError } from '../model/errors.js';
+import { InputError, NonFiniteError } from '../model/errors.js';
 import { HookError } from '../model/hooks.js';
 import { TokenizerError } from '../tokenizer/errors.js';
 
@@ -14,7 +14,7 @@ export class UsageError extends Error {
  * line and exits 2. Modules that stand alone (src/tokenizer) register theirs here.
  */
 export const USER_ERRORS: Array<abstract new (...args: never[]) => Error> = [
-  UsageError, CheckpointError, InputError, BackendError, HookError, TokenizerError,
+  UsageError, CheckpointError, InputError, NonFiniteError, BackendError, HookError, TokenizerError,
 ];
 
 export function isUserError(e: unknown): e is Error {

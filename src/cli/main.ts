@@ -53,9 +53,13 @@ function help(): string {
 /** Runs one command line; never throws. */
 export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
   const [name, ...args] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    io.stderr(help()); // no command is a usage error: the usage goes where errors go
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     io.stdout(help());
-    return name === undefined ? 2 : 0;
+    return 0;
   }
   if (name === '--version') {
     io.stdout('mistral-ref 0.1.0\n');

@@ -1,7 +1,7 @@
 /** What the research commands (attribute, patch) share: prompts, answer tokens, labels. */
 import { loadTokenizer, type LoadedTokenizer } from '../tokenizer/index.js';
-import { idList, type Parsed } from './args.js';
-import { hasTokenizer, TOKENIZER_FILES } from './common.js';
+import { idList } from './args.js';
+import { encodePrompt, hasTokenizer, TOKENIZER_FILES } from './common.js';
 import { UsageError } from './errors.js';
 
 /** The model folder's tokenizer, or null when it has none. */
@@ -10,13 +10,14 @@ export async function optionalTokenizer(dir: string): Promise<LoadedTokenizer | 
 }
 
 /** A prompt given as text (`textFlag`, encoded with BOS) or as ids (`idsFlag`): exactly one. */
-export function promptIds(values: Parsed['values'], textFlag: string, idsFlag: string, tok: LoadedTokenizer | null, dir: string): number[] {
+export function promptIds(values: Readonly<Record<string, string | boolean | undefined>>, textFlag: string, idsFlag: string,
+  tok: LoadedTokenizer | null, dir: string): number[] {
   const text = values[textFlag] as string | undefined;
   const ids = values[idsFlag] as string | undefined;
   if ((text === undefined) === (ids === undefined)) throw new UsageError(`give exactly one of --${textFlag} and --${idsFlag}`);
   if (ids !== undefined) return idList(ids, `--${idsFlag}`);
   if (tok === null) throw new UsageError(`--${textFlag} needs a tokenizer in ${dir} (${TOKENIZER_FILES}); give --${idsFlag} instead`);
-  return tok.encode(text!, { bos: true });
+  return encodePrompt(tok, text!, `--${textFlag}`, true);
 }
 
 /**

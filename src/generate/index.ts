@@ -26,6 +26,7 @@ export { argmax, candidates, logProbability, sampleToken, SeededRandom, type Sam
 export { defaultChunk, prefill } from './prefill.js';
 export { TextStream } from './text.js';
 export { compileSchema, jsonConstraint, JsonConstraint, pieceText, SchemaError, type TokenConstraint } from './constrain.js';
+export { ConversationCache } from './conversation.js';
 
 /** Why generation ended; carried by the last token. */
 export type StopReason =

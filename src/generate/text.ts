@@ -4,49 +4,64 @@
  * Decoding token by token is wrong in two ways: a character may span several byte
  * tokens (`<0xE2><0x82><0xAC>` is "€"), and SentencePiece drops the leading space of the
  * first piece it decodes ("▁Paris" alone is "Paris", after "is" it is " Paris"). So each
- * time we decode the prompt's last token plus everything generated, cut off what the
- * prompt's token alone decodes to, and print only what is new, holding back while the
- * text ends in an incomplete character (U+FFFD).
+ * new id is decoded in a short window that starts with the tokens printed last (they give
+ * the spacing): the window's text minus what those tokens alone decode to is new.
+ * While the window ends in an incomplete character (U+FFFD) the text is held back and the
+ * window grows; once printed, the window moves on. Each push decodes a few ids, so a
+ * stream of n tokens costs O(n), not the O(n²) of re-decoding everything each time.
  *
- *   context "is", ids ▁Pa → "is Pa" − "is" = " Pa"          print " Pa"
- *                 ids ▁Pa ris → " Paris"                     print "ris"
- *                 ids ▁Pa ris <0xE2> → " Paris\uFFFD"        hold
- *                 … <0xE2><0x82><0xAC> → " Paris€"          print "€"
+ *   context "is", window [is ▁Pa] → "is Pa" − "is" = " Pa"     print " Pa"
+ *                 window [▁Pa ris] → "Paris" − "Pa"             print "ris"
+ *                 window [ris <0xE2>] → "ris\uFFFD"             hold
+ *                 window [ris <0xE2><0x82><0xAC>] → "ris€"       print "€"
  */
 export type Decode = (ids: readonly number[]) => string;
 
 export class TextStream {
-  private readonly ids: number[] = [];
-  private readonly prefix: string;
-  private printed = 0;
+  /** The context, then every pushed id. */
+  private readonly ids: number[];
+  /** The window is ids[from..]; ids[from..printedTo) were printed by the last print (they give the spacing). */
+  private from = 0;
+  private printedTo: number;
+  private printed = '';
 
   /** @param context the prompt's last token(s), decoded before the new ones for their spacing */
-  constructor(private readonly decode: Decode, private readonly context: readonly number[] = []) {
-    this.prefix = context.length > 0 ? decode(context) : '';
+  constructor(private readonly decode: Decode, context: readonly number[] = []) {
+    this.ids = [...context];
+    this.printedTo = this.ids.length;
   }
 
-  /** Everything generated so far, as text. */
+  /** Everything generated so far, as text (an incomplete character at the end included). */
   get text(): string {
-    const all = this.decode([...this.context, ...this.ids]);
-    return all.startsWith(this.prefix) ? all.slice(this.prefix.length) : this.decode(this.ids);
+    return this.printed + this.pending();
   }
 
   /** Adds one id; returns the text that became final with it (possibly ''). */
   push(id: number): string {
     this.ids.push(id);
-    const text = this.text;
-    if (text.endsWith('\uFFFD')) return ''; // wait for the rest of the character
+    const text = this.pending();
+    if (text === '' || text.endsWith('\uFFFD')) return ''; // wait for the rest of the character
     return this.take(text);
   }
 
   /** Whatever is still held back (an incomplete character at the very end). */
   flush(): string {
-    return this.take(this.text);
+    return this.take(this.pending());
   }
 
+  /** The window's text beyond what its printed part decodes to. */
+  private pending(): string {
+    if (this.printedTo === this.ids.length) return '';
+    const before = this.from === this.printedTo ? '' : this.decode(this.ids.slice(this.from, this.printedTo));
+    const all = this.decode(this.ids.slice(this.from));
+    return all.length > before.length ? all.slice(before.length) : '';
+  }
+
+  /** Marks `text` printed; the next window starts at the tokens that printed it (whole characters). */
   private take(text: string): string {
-    const out = text.slice(this.printed);
-    this.printed = Math.max(this.printed, text.length);
-    return out;
+    this.printed += text;
+    this.from = this.printedTo;
+    this.printedTo = this.ids.length;
+    return text;
   }
 }

@@ -2,7 +2,7 @@
  * Parity against a reference file: run every prompt, compare every tensor the reference
  * has, and report max |Δ| per tensor kind with a pass/fail under
  *
- *   |Δ| ≤ atol + rtol · max|ref|      (per tensor; the golden README's rule)
+ *   |Δ| ≤ atol + rtol · max|ref|      (per tensor; docs/parity.md)
  *
  * Generated ids and Mixtral expert choices must match exactly: the references were drawn
  * with a margin ≥ 2e-3 on every choice, so a flip is a real difference.
@@ -141,7 +141,12 @@ export function checkParity(model: Transformer, ref: Reference, opts: ParityOpti
   /** Records max |Δ| of one tensor under `kind`; returns its max |Δ| and whether it is within tolerance. */
   const compare = (kind: string, ours: ArrayLike<number>, oursShape: readonly number[], expected: RefTensor,
     into: Record<string, number>): { d: number; ok: boolean } => {
-    const d = sameShape(oursShape, expected.shape) ? maxAbsDiff(ours, expected.data) : Infinity;
+    // A reference of another shape is bad input, not a max |Δ| of Infinity.
+    if (!sameShape(oursShape, expected.shape)) {
+      throw new CheckpointError(expected.file, `reference tensor has shape [${expected.shape.join(', ')}], ` +
+        `the model's ${kind} for these input_ids has shape [${oursShape.join(', ')}]`, expected.name);
+    }
+    const d = maxAbsDiff(ours, expected.data);
     const tol = atol + rtol * maxAbs(expected.data);
     maxDiff[kind] = Math.max(maxDiff[kind] ?? 0, d);
     into[kind] = Math.max(into[kind] ?? 0, d);

@@ -12,6 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from './errors.js';
+import { readJsonFile as readJson } from './files.js';
 import { SafetensorsFile, type TensorInfo } from './safetensors.js';
 
 export type Layout = 'hf' | 'hf-sharded' | 'native';
@@ -23,8 +24,8 @@ export interface TensorStore {
   names(): string[];
   has(name: string): boolean;
   info(name: string): TensorInfo;
-  /** float32 copy of a tensor, or of `count` elements from element `start`. */
-  readFloat32(name: string, start?: number, count?: number): Float32Array;
+  /** float32 copy of a tensor, or of `count` elements from element `start`; `finite`: NaN / ±Inf is an error. */
+  readFloat32(name: string, start?: number, count?: number, opts?: { finite?: boolean }): Float32Array;
   /** A tensor's raw bytes (its stored dtype) into `out`, exactly its size. */
   readInto(name: string, out: Uint8Array): void;
   close(): void;
@@ -83,8 +84,8 @@ export class MultiFileStore implements TensorStore {
     return this.file(name).info(name);
   }
 
-  readFloat32(name: string, start?: number, count?: number): Float32Array {
-    return this.file(name).readFloat32(name, start, count);
+  readFloat32(name: string, start?: number, count?: number, opts?: { finite?: boolean }): Float32Array {
+    return this.file(name).readFloat32(name, start, count, opts);
   }
 
   readInto(name: string, out: Uint8Array): void {
@@ -99,32 +100,6 @@ export class MultiFileStore implements TensorStore {
     const f = this.where.get(name);
     if (f === undefined) throw new CheckpointError(this.opened[0]?.path ?? '(no files)', 'missing tensor', name);
     return f;
-  }
-}
-
-/** Config and index files are a few KB; anything past this is not one. */
-const MAX_JSON_BYTES = 50_000_000;
-
-function readJson(file: string): unknown {
-  let raw: Buffer;
-  try {
-    const size = fs.statSync(file).size;
-    if (size > MAX_JSON_BYTES) throw new CheckpointError(file, `is ${size} bytes; a JSON config or index is at most ${MAX_JSON_BYTES}`);
-    raw = fs.readFileSync(file);
-  } catch (e) {
-    if (e instanceof CheckpointError) throw e;
-    throw new CheckpointError(file, `cannot read: ${(e as Error).message}`);
-  }
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
-  } catch {
-    throw new CheckpointError(file, 'is not valid UTF-8');
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new CheckpointError(file, `not valid JSON (${(e as Error).message.slice(0, 200)})`);
   }
 }
 

@@ -1,10 +1,10 @@
 /**
  * Reference files (schema `mistral-golden-ref/1`): a JSON of prompts and expected
- * generations, plus a safetensors file of float32 tensors next to it. The golden data's README documents every field.
+ * generations, plus a safetensors file of float32 tensors next to it. docs/parity.md documents every field.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from './errors.js';
+import { readJsonFile } from './files.js';
 import { SafetensorsFile } from './safetensors.js';
 
 export const REFERENCE_SCHEMA = 'mistral-golden-ref/1';
@@ -30,6 +30,9 @@ export interface ReferencePrompt {
 export interface RefTensor {
   readonly data: Float32Array;
   readonly shape: readonly number[];
+  /** Tensor name and the safetensors file holding it, for messages. */
+  readonly name: string;
+  readonly file: string;
 }
 
 export class Reference {
@@ -77,7 +80,7 @@ export class Reference {
         throw new CheckpointError(this.tensors.path, `reference tensor holds ${data[i]} at element ${i}; reference values must be finite`, name);
       }
     }
-    return { data, shape: this.tensors.info(name).shape };
+    return { data, shape: this.tensors.info(name).shape, name, file: this.tensors.path };
   }
 
   close(): void {
@@ -86,12 +89,7 @@ export class Reference {
 }
 
 function readObject(file: string): Record<string, unknown> {
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new CheckpointError(file, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : `not valid JSON (${(e as Error).message})`);
-  }
+  const json = readJsonFile(file);
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new CheckpointError(file, 'expected a JSON object');
   return json as Record<string, unknown>;
 }

@@ -78,6 +78,12 @@ export function toBf16Bits(src: Float32Array, out: Uint16Array): void {
  */
 export function writeSafetensors(path: string, specs: readonly TensorSpec[], dtype: WritableDType, fill: Fill,
   onBytes?: (written: number) => void): void {
+  for (const _ of writeSafetensorsSteps(path, specs, dtype, fill, onBytes));
+}
+
+/** writeSafetensors one chunk per step: the caller may yield to the event loop between steps. */
+export function* writeSafetensorsSteps(path: string, specs: readonly TensorSpec[], dtype: WritableDType, fill: Fill,
+  onBytes?: (written: number) => void): Generator<void, void, undefined> {
   let fd: number;
   try {
     fd = fs.openSync(path, 'w');
@@ -114,6 +120,7 @@ export function writeSafetensors(path: string, specs: readonly TensorSpec[], dty
         }
         written += bytes.length;
         onBytes?.(written);
+        yield;
       }
     }
   } finally {

@@ -18,6 +18,7 @@
  */
 import * as fs from 'node:fs';
 import { CheckpointError, SafetensorsFormatError } from './errors.js';
+import { openRegularFile } from './files.js';
 
 /**
  * Bytes per element of every whole-byte dtype the format defines. Looked up with
@@ -80,17 +81,11 @@ export class SafetensorsFile {
 
   /** Opens and validates a file; reads only its header. */
   static open(path: string): SafetensorsFile {
-    let fd: number;
+    // Opened without blocking and checked before reading: a FIFO must not hang the open.
+    const { fd, size } = openRegularFile(path, SafetensorsFormatError);
     try {
-      fd = fs.openSync(path, 'r');
-    } catch (e) {
-      throw new SafetensorsFormatError(path, `cannot open: ${(e as Error).message}`);
-    }
-    try {
-      const stat = fs.fstatSync(fd);
-      if (!stat.isFile()) throw new SafetensorsFormatError(path, 'not a regular file');
-      const { metadata, tensors } = readHeader(path, fd, stat.size);
-      return new SafetensorsFile(path, fd, stat.size, metadata, tensors);
+      const { metadata, tensors } = readHeader(path, fd, size);
+      return new SafetensorsFile(path, fd, size, metadata, tensors);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -128,9 +123,10 @@ export class SafetensorsFile {
 
   /**
    * Reads `count` elements starting at element `start` of a tensor (row slices of an
-   * embedding, say) and converts them to float32.
+   * embedding, say) and converts them to float32. With `finite`, a NaN or ±Inf is a
+   * CheckpointError naming the element, found in the same pass as the conversion.
    */
-  readFloat32(name: string, start = 0, count?: number): Float32Array {
+  readFloat32(name: string, start = 0, count?: number, opts: { finite?: boolean } = {}): Float32Array {
     const t = this.info(name);
     if (!isFloatDType(t.dtype)) {
       throw new SafetensorsFormatError(this.path,
@@ -145,7 +141,9 @@ export class SafetensorsFile {
     const position = t.begin + start * size;
     if (t.dtype === 'F32') {
       // Read straight into the result's bytes: no second copy of a 700 MB tensor.
-      return new Float32Array(this.readRange(position, n * 4, name).buffer);
+      const bytes = this.readRange(position, n * 4, name);
+      if (opts.finite) throwIfNonFinite(t, bytes, 'F32', start);
+      return new Float32Array(bytes.buffer);
     }
     // Half precision: read in chunks through one small scratch buffer and widen each
     // chunk while it is in cache, so a 14336×4096 bf16 matrix never exists twice.
@@ -157,7 +155,8 @@ export class SafetensorsFile {
       const m = Math.min(chunk, n - i);
       const bytes = scratch.subarray(0, m * 2);
       readFully(this.path, this.fd, bytes, position + i * 2, name);
-      widenInto(new Uint16Array(scratch.buffer, 0, m), t.dtype, out.subarray(i, i + m));
+      const flagged = widenInto(new Uint16Array(scratch.buffer, 0, m), t.dtype, out.subarray(i, i + m));
+      if (opts.finite && flagged) throwIfNonFinite(t, bytes, t.dtype, start + i);
     }
     return out;
   }
@@ -215,16 +214,97 @@ export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
 /** Elements widened per chunk by readFloat32 (8 MB of bf16 scratch). */
 const CONVERT_CHUNK = 1 << 22;
 
-/** Widens little-endian F16/BF16 elements into `out` (same length), exactly. */
-function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array): void {
+/**
+ * Widens little-endian F16/BF16 elements into `out` (same length), exactly. Returns whether
+ * one of them is NaN or ±Inf (the exponent test of NONFINITE_BITS, folded into the same loop).
+ */
+function widenInto(halves: Uint16Array, dtype: 'F16' | 'BF16', out: Float32Array): boolean {
   const n = halves.length;
+  let acc = 0;
   if (dtype === 'BF16') {
     // bf16 is the top half of a float32: shifting the bits back is exact.
     const bits = new Int32Array(out.buffer, out.byteOffset, n);
-    for (let i = 0; i < n; i++) bits[i] = halves[i]! << 16;
+    for (let i = 0; i < n; i++) {
+      const h = halves[i]!;
+      bits[i] = h << 16;
+      acc |= (h & 0x7f80) + 0x0080;
+    }
   } else {
-    for (let i = 0; i < n; i++) out[i] = halfToFloat(halves[i]!);
+    for (let i = 0; i < n; i++) {
+      const h = halves[i]!;
+      out[i] = halfToFloat(h);
+      acc |= (h & 0x7c00) + 0x0400;
+    }
   }
+  return (acc & 0x8000) !== 0;
+}
+
+/**
+ * Throws a CheckpointError at the first NaN / ±Inf of `bytes`, elements from `start` of
+ * tensor `t` as stored (nothing when there is none).
+ */
+export function throwIfNonFinite(t: TensorInfo, bytes: Uint8Array, dtype: FloatDType, start: number): void {
+  const i = firstNonFinite(bytes, dtype);
+  if (i < 0) return;
+  const at = start + i;
+  const cols = t.shape.length === 2 ? t.shape[1]! : 0;
+  const value = toFloat32(bytes.slice(i * dtypeSize(dtype)!, (i + 1) * dtypeSize(dtype)!), dtype)[0]!;
+  throw new CheckpointError(t.file, `holds ${value} at element ${at}${cols > 0 ? ` (row ${Math.floor(at / cols)}, column ${at % cols})` : ''}; ` +
+    'weights must be finite', t.name);
+}
+
+/** The exponent test of firstNonFinite per dtype, on 32-bit words (also the kernels' `nonfinite`). */
+export const NONFINITE_BITS: Readonly<Record<FloatDType, { mask: number; add: number; flag: number }>> = {
+  F32: { mask: 0x7f800000, add: 0x00800000, flag: 0x80000000 | 0 },
+  BF16: { mask: 0x7f807f80, add: 0x00800080, flag: 0x80008000 | 0 },
+  F16: { mask: 0x7c007c00, add: 0x04000400, flag: 0x80008000 | 0 },
+};
+
+/**
+ * Index of the first NaN or ±Inf among little-endian `dtype` elements in `bytes`, or -1.
+ * Tests the exponent bits without converting: masked to its exponent, an element whose
+ * exponent is all ones (non-finite) carries into the bit above it when the exponent's
+ * lowest bit is added, a finite one never does. Half-precision elements are tested two to
+ * a 32-bit word (no carry crosses from one half into the other); for F32 the carry lands
+ * in the sign bit.
+ */
+export function firstNonFinite(bytes: Uint8Array, dtype: FloatDType): number {
+  if (bytes.byteOffset % 4 !== 0) return firstNonFiniteSlow(bytes.slice(), dtype);
+  // Int32 views keep every value a small integer for the JIT; blocks are OR-reduced without
+  // a branch per element and only a flagged block is searched element by element.
+  const words = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+  const { mask, add, flag } = NONFINITE_BITS[dtype];
+  const BLOCK = 4096;
+  for (let b = 0; b < words.length; b += BLOCK) {
+    const end = Math.min(words.length, b + BLOCK);
+    let acc = 0;
+    for (let i = b; i < end; i++) acc |= (words[i]! & mask) + add;
+    if ((acc & flag) !== 0) {
+      const per = dtype === 'F32' ? 1 : 2;
+      const i = firstNonFiniteSlow(bytes.subarray(4 * b, 4 * end), dtype);
+      return per * b + i;
+    }
+  }
+  // Half precision: a trailing odd element is not in any word.
+  const tail = (bytes.byteLength & ~3);
+  if (tail < bytes.byteLength && dtype !== 'F32') {
+    const i = firstNonFiniteSlow(bytes.subarray(tail), dtype);
+    if (i >= 0) return tail / 2 + i;
+  }
+  return -1;
+}
+
+/** firstNonFinite element by element (a flagged block, an unaligned buffer, a tail). */
+function firstNonFiniteSlow(bytes: Uint8Array, dtype: FloatDType): number {
+  if (dtype === 'F32') {
+    const u = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+    for (let i = 0; i < u.length; i++) if ((u[i]! & 0x7f800000) === 0x7f800000) return i;
+    return -1;
+  }
+  const exp = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
+  for (let i = 0; i < h.length; i++) if ((h[i]! & exp) === exp) return i;
+  return -1;
 }
 
 /** IEEE 754 binary16 → number (every half is exactly representable in float32). */

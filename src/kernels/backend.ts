@@ -46,13 +46,13 @@ export async function useBackend(name: BackendName): Promise<void> {
   // The wasm module binds its stderr printer once, when it is instantiated: the watch has
   // to be in place before the first tf.setBackend('wasm').
   const watching = name === 'wasm' && !('wasm' in tf.engine().registry) ? watchWasmInit() : null;
-  const listeners = watching === null ? null : processListeners();
+  const listeners = processListeners();
   try {
     if (!(await tf.setBackend(name))) throw new BackendError(`backend ${name} failed to initialise`);
     await tf.ready();
   } finally {
     watching?.end();
-    if (listeners !== null) dropListenersAddedSince(listeners);
+    dropListenersAddedSince(listeners);
   }
   if (name === 'wasm') guardWasm(watching !== null);
 }
@@ -67,8 +67,10 @@ function processListeners(): Map<string, ProcessListener[]> {
 
 /**
  * The wasm module's emscripten prelude adds process listeners that rethrow any uncaught
- * error from inside its own one-line minified file, so node quotes ≈ 39 KB of it above
- * every script error. Node's default report is what users need: drop them.
+ * error from inside its own one-line minified file: node then quoted ≈ 39 KB of it above
+ * every script error, and ended the process with exit code 7 ("uncaught exception handler
+ * threw") instead of its own report. They do nothing else for us: remove what initialising
+ * a backend added.
  */
 function dropListenersAddedSince(before: Map<string, ProcessListener[]>): void {
   for (const e of PROCESS_EVENTS) {

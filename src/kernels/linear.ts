@@ -5,7 +5,7 @@
  * Two kinds of weight:
  * - `tensor`: a float32 tf tensor (the plain tfjs path, `--kernels tfjs`), laid out once,
  *   at load, in the orientation the active backend multiplies fastest. tfjs-wasm only
- *   reaches XNNPACK when neither operand is transposed (3× faster; see PERF-NOTES), while
+ *   reaches XNNPACK when neither operand is transposed (3× faster; docs/architecture.md), while
  *   the cpu backend is faster with `transposeB`.
  * - `split`: the same, cut into row blocks, when the whole weight is more than the backend
  *   can bind in one kernel (webgpu's `maxStorageBufferBindingSize`, 128 MiB on software

@@ -1,8 +1,9 @@
 /**
  * One typed, readonly model config, parsed from Hugging Face `config.json` or Mistral's
- * native `params.json` by one function each. Ambiguity is rejected rather than guessed:
+ * native `params.json` by one function each (`parseConfig` picks by layout). Ambiguity is rejected rather than guessed:
  * a missing `rope_theta` differs between Mistral releases, so it is an error.
  */
+import type { Checkpoint } from '../io/checkpoint.js';
 import { ConfigError } from './errors.js';
 
 export interface ModelConfig {
@@ -62,6 +63,28 @@ class Reader {
     return v;
   }
 
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.has(key) ? this.json[key] : fallback;
+    if (typeof v !== 'boolean') this.fail(key, `expected true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  /**
+   * Every key is read by the parser (`handled`), known not to change the forward pass
+   * (`ignored`), or at the value that means "off" (`neutral`); anything else is rejected
+   * by name rather than silently computing a different model.
+   */
+  onlyKnownKeys(handled: readonly string[], ignored: readonly string[], neutral: Readonly<Record<string, unknown>>): void {
+    for (const [key, value] of Object.entries(this.json)) {
+      if (handled.includes(key) || ignored.includes(key)) continue;
+      if (Object.hasOwn(neutral, key)) {
+        if (value === neutral[key] || (value === null && neutral[key] === false)) continue;
+        this.fail(key, `${JSON.stringify(value)?.slice(0, 100)} changes the computation and is not implemented (only ${JSON.stringify(neutral[key])} is)`);
+      }
+      this.fail(key, 'unknown key, not known to be safe to ignore (see docs/checkpoints.md)');
+    }
+  }
+
   /** An integer, an explicit null, or (when missing) `whenMissing`. */
   intOrNull(key: string, whenMissing: number | null): number | null {
     if (!this.has(key)) return whenMissing;
@@ -78,6 +101,8 @@ function finish(r: Reader, c: ModelConfig): ModelConfig {
     r.fail('num_experts_per_tok', `${c.numExpertsPerTok} chosen experts but only ${c.numExperts} exist`);
   }
   if (c.bosTokenId !== null && c.bosTokenId >= c.vocabSize) r.fail('bos_token_id', `${c.bosTokenId} is outside the vocabulary of ${c.vocabSize}`);
+  const eos = c.eosTokenIds.find((id) => id >= c.vocabSize);
+  if (eos !== undefined) r.fail('eos_token_id', `${eos} is outside the vocabulary of ${c.vocabSize}`);
   return Object.freeze(c);
 }
 
@@ -94,9 +119,27 @@ function asObject(file: string, json: unknown): Json {
   return json as Json;
 }
 
+/** config.json keys parseHfConfig reads. */
+const HF_HANDLED = ['model_type', 'hidden_act', 'rope_theta', 'hidden_size', 'num_attention_heads', 'eos_token_id', 'vocab_size',
+  'intermediate_size', 'num_hidden_layers', 'num_key_value_heads', 'head_dim', 'sliding_window', 'rms_norm_eps',
+  'max_position_embeddings', 'tie_word_embeddings', 'bos_token_id', 'num_local_experts', 'num_experts_per_tok'];
+
+/**
+ * config.json keys safe to ignore: bookkeeping, and settings of training only (dropout,
+ * the router's jitter and auxiliary loss) or of outputs we do not produce.
+ */
+export const HF_IGNORED_KEYS: readonly string[] = ['architectures', '_name_or_path', 'torch_dtype', 'transformers_version',
+  'use_cache', 'initializer_range', 'attention_dropout', 'pad_token_id', 'output_router_logits', 'router_aux_loss_coef',
+  'router_jitter_noise', 'output_attentions', 'output_hidden_states', 'return_dict', 'torchscript', 'is_decoder',
+  'id2label', 'label2id', 'tokenizer_class'];
+
+/** config.json keys that change the computation, accepted at their "off" value only. */
+const HF_NEUTRAL: Readonly<Record<string, unknown>> = { rope_scaling: null, attention_bias: false, mlp_bias: false, quantization_config: null };
+
 /** Parses a transformers `MistralConfig` / `MixtralConfig` as written by `save_pretrained`. */
 export function parseHfConfig(json: unknown, file = 'config.json'): ModelConfig {
   const r = new Reader(file, asObject(file, json));
+  r.onlyKnownKeys(HF_HANDLED, HF_IGNORED_KEYS, HF_NEUTRAL);
   const type = r.json.model_type;
   if (type !== 'mistral' && type !== 'mixtral') {
     r.fail('model_type', `expected "mistral" or "mixtral", got ${JSON.stringify(type)}`);
@@ -126,7 +169,7 @@ export function parseHfConfig(json: unknown, file = 'config.json'): ModelConfig 
     ropeTheta: r.positive('rope_theta'),
     rmsNormEps: r.positive('rms_norm_eps', 1e-6),
     maxPositionEmbeddings: r.int('max_position_embeddings', 4096 * 32),
-    tieWordEmbeddings: r.json.tie_word_embeddings === true,
+    tieWordEmbeddings: r.bool('tie_word_embeddings', false),
     bosTokenId: r.intOrNull('bos_token_id', 1) ?? null,
     eosTokenIds: eosIds as number[],
     numExperts: mixtral ? r.int('num_local_experts') : null,
@@ -134,9 +177,16 @@ export function parseHfConfig(json: unknown, file = 'config.json'): ModelConfig 
   });
 }
 
+const NATIVE_HANDLED = ['dim', 'n_layers', 'head_dim', 'hidden_dim', 'n_heads', 'n_kv_heads', 'norm_eps', 'vocab_size',
+  'rope_theta', 'sliding_window', 'max_seq_len', 'moe'];
+/** params.json keys safe to ignore (the batch size mistral-inference allocates for). */
+export const NATIVE_IGNORED_KEYS: readonly string[] = ['max_batch_size', 'model_type'];
+const NATIVE_NEUTRAL: Readonly<Record<string, unknown>> = { quantization: null, lora: null, vision_encoder: null };
+
 /** Parses Mistral's native `params.json` (keys as in mistral-inference's `ModelArgs`). */
 export function parseNativeParams(json: unknown, file = 'params.json'): ModelConfig {
   const r = new Reader(file, asObject(file, json));
+  r.onlyKnownKeys(NATIVE_HANDLED, NATIVE_IGNORED_KEYS, NATIVE_NEUTRAL);
   if (!r.has('rope_theta')) {
     r.fail('rope_theta', 'missing, and Mistral releases disagree on its default: mistral-inference assumes 1000000 ' +
       '(Mistral 7B v0.3, Mixtral), the 2023 reference code and the HF converter 10000 (Mistral 7B v0.1/v0.2); add it to params.json');
@@ -166,6 +216,13 @@ export function parseNativeParams(json: unknown, file = 'params.json'): ModelCon
     numExperts: moeReader ? moeReader.int('num_experts') : null,
     numExpertsPerTok: moeReader ? moeReader.int('num_experts_per_tok') : null,
   });
+}
+
+/** The config of an opened checkpoint, whichever its layout: params.json (native) or config.json. */
+export function parseConfig(ckpt: Pick<Checkpoint, 'layout' | 'configJson' | 'configFile'>): ModelConfig {
+  return ckpt.layout === 'native'
+    ? parseNativeParams(ckpt.configJson, ckpt.configFile)
+    : parseHfConfig(ckpt.configJson, ckpt.configFile);
 }
 
 /** Number of parameters the config implies (embeddings and head counted separately). */

@@ -7,6 +7,7 @@
  * `tensorSource` sees HF names and HF row order only.
  */
 import type { Checkpoint, TensorStore } from '../io/checkpoint.js';
+import { isFloatDType, throwIfNonFinite, type FloatDType } from '../io/safetensors.js';
 import type { ModelConfig } from './config.js';
 
 /** Where the data of one canonical tensor comes from. */
@@ -17,8 +18,12 @@ export interface TensorSource {
   dtype(name: string): string;
   /** float32 copy of the tensor, or of `count` elements from element `start`, in HF row order. */
   read(name: string, start?: number, count?: number): Float32Array;
-  /** The stored bytes into `out` (exactly the tensor's size), in HF row order. */
-  readInto(name: string, out: Uint8Array): void;
+  /**
+   * The stored bytes into `out` (exactly the tensor's size), in HF row order. `mayBeNonFinite`
+   * is a fast first test of the bytes read (the kernels' SIMD scan); only when it says yes are
+   * they searched in JS for the element to name.
+   */
+  readInto(name: string, out: Uint8Array, mayBeNonFinite?: (bytes: Uint8Array, dtype: FloatDType) => boolean): void;
 }
 
 /** HF name → Mistral native name (inverse of what HF's converter does). */
@@ -87,30 +92,32 @@ export function permuteRowsNativeToHf(data: Uint8Array, heads: number, d: number
   permuteRows(data.slice(), data, nativeRowOfHfRow(heads, d), rowBytes);
 }
 
-/** Canonical-name access to a checkpoint of any layout. */
+/**
+ * Canonical-name access to a checkpoint of any layout. Every read is checked for NaN and
+ * ±Inf as it arrives (float32 reads while they are widened, stored-width reads by the
+ * caller's fast scan): a non-finite weight would otherwise produce a confident wrong answer
+ * (argmax over NaN logits is id 0), so it is a CheckpointError naming the tensor and the
+ * first bad element.
+ */
 export function tensorSource(ckpt: Checkpoint, c: ModelConfig): TensorSource {
   const store: TensorStore = ckpt.store;
-  if (ckpt.layout !== 'native') {
-    return {
-      shape: (name) => (store.has(name) ? store.info(name).shape : undefined),
-      dtype: (name) => store.info(name).dtype,
-      read: (name, start, count) => store.readFloat32(name, start, count),
-      readInto: (name, out) => store.readInto(name, out),
-    };
-  }
-  // q and k rows are permuted per head; every other tensor is stored as HF stores it.
-  const ropeHeads = (name: string) => (name.endsWith('self_attn.q_proj.weight') ? c.numHeads
+  const native = ckpt.layout === 'native';
+  const stored = (name: string) => (native ? nativeName(name) : name);
+  // q and k rows of a native checkpoint are permuted per head; every other tensor is stored as HF stores it.
+  const ropeHeads = (name: string) => (!native ? null : name.endsWith('self_attn.q_proj.weight') ? c.numHeads
     : name.endsWith('self_attn.k_proj.weight') ? c.numKvHeads : null);
   return {
-    shape: (name) => (store.has(nativeName(name)) ? store.info(nativeName(name)).shape : undefined),
-    dtype: (name) => store.info(nativeName(name)).dtype,
-    read: (name, start, count) => {
-      const data = store.readFloat32(nativeName(name), start, count);
+    shape: (name) => (store.has(stored(name)) ? store.info(stored(name)).shape : undefined),
+    dtype: (name) => store.info(stored(name)).dtype,
+    read: (name, start = 0, count) => {
+      const data = store.readFloat32(stored(name), start, count, { finite: true }); // checked while widened
       const heads = ropeHeads(name);
       return heads === null ? data : permuteNativeToHf(data, heads, c.headDim, c.hiddenSize);
     },
-    readInto: (name, out) => {
-      store.readInto(nativeName(name), out);
+    readInto: (name, out, mayBeNonFinite) => {
+      store.readInto(stored(name), out);
+      const info = store.info(stored(name));
+      if (isFloatDType(info.dtype) && (mayBeNonFinite?.(out, info.dtype) ?? true)) throwIfNonFinite(info, out, info.dtype, 0);
       const heads = ropeHeads(name);
       if (heads !== null) permuteRowsNativeToHf(out, heads, c.headDim, out.length / (heads * c.headDim));
     },

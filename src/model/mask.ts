@@ -4,7 +4,7 @@
  *
  * Sliding window W: query i sees key j iff  i − W < j ≤ i  (W keys, the query's own
  * included). This is Mistral's and transformers 4.47's convention; some releases of both
- * used W + 1 keys by mistake (see the golden README). Example, W = 3, six tokens:
+ * used W + 1 keys by mistake (docs/parity.md, "Sliding-window semantics"). Example, W = 3, six tokens:
  *
  *        key j: 0 1 2 3 4 5
  *   query 0     x . . . . .

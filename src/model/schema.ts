@@ -116,11 +116,20 @@ function distinct(names: readonly string[], re: RegExp): number {
 }
 
 /**
+ * Extra tensors known to be derived, not learned: old transformers checkpoints store each
+ * layer's RoPE frequencies (`rotary_emb.inv_freq`), which we compute from rope_theta.
+ */
+const DERIVED_TENSOR = /(^|\.)rotary_emb\.inv_freq$/;
+
+/**
  * Checks presence, shape and dtype of every tensor before a byte of weights is read;
- * throws a WeightError for the first problem. Extra tensors are allowed (transformers
- * ignores them too, e.g. an old `rotary_emb.inv_freq`).
+ * throws a WeightError for the first problem. A tensor the config does not use is one
+ * too (a checkpoint of another architecture, or a config that says fewer layers or
+ * experts than the files hold), except derived ones (DERIVED_TENSOR).
  */
 export function validateTensors(ckpt: Checkpoint, c: ModelConfig, _src?: TensorSource): void {
-  const p = tensorProblems(ckpt, c).find((x) => x.kind !== 'extra');
-  if (p !== undefined) throw new WeightError(p.file, p.message, p.tensor);
+  const p = tensorProblems(ckpt, c).find((x) => x.kind !== 'extra' || !DERIVED_TENSOR.test(x.tensor));
+  if (p !== undefined) {
+    throw new WeightError(p.file, p.kind === 'extra' ? `${p.message}: a different architecture, or a config that does not describe these files?` : p.message, p.tensor);
+  }
 }

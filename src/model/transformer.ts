@@ -10,8 +10,8 @@ import { rmsNormFused } from '../kernels/fused.js';
 import { linear, onSimdKernels, type KernelsName } from '../kernels/linear.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
-import { parseHfConfig, parseNativeParams, type ModelConfig } from './config.js';
-import { InputError } from './errors.js';
+import { parseConfig, type ModelConfig } from './config.js';
+import { InputError, NonFiniteError } from './errors.js';
 import { hookPoint, hookScope, type HookContext, type Hooks } from './hooks.js';
 import { tensorSource } from './layout.js';
 import { defaultExpertCacheBytes, storedStreamPlan, type Residency } from './residency.js';
@@ -79,6 +79,26 @@ export interface ForwardResult {
   readonly logits: tf.Tensor2D;
 }
 
+/** Whether every element of `x` is finite, as a bool scalar (not read back). */
+function allFinite(x: tf.Tensor): tf.Scalar {
+  return tf.tidy(() => tf.all(tf.isFinite(x)));
+}
+
+/**
+ * Throws NonFiniteError when `logits` hold a NaN or ±Inf, naming the first layer whose
+ * output did. One scalar is read back per forward; the per-layer flags only on failure.
+ */
+function checkFinite(logits: tf.Tensor, layerFinite: readonly tf.Scalar[]): void {
+  const ok = allFinite(logits);
+  try {
+    if (ok.dataSync()[0] !== 0) return;
+  } finally {
+    ok.dispose();
+  }
+  const layer = layerFinite.findIndex((f) => f.dataSync()[0] === 0);
+  throw new NonFiniteError(layer < 0 ? null : layer);
+}
+
 /** Disposes a ForwardResult's tensors. */
 export function disposeResult(r: ForwardResult): void {
   r.logits.dispose();
@@ -105,10 +125,7 @@ export class Transformer {
   static load(dir: string, opts: LoadOptions = {}): Transformer {
     const ckpt = openCheckpoint(dir);
     try {
-      const parsed = ckpt.layout === 'native'
-        ? parseNativeParams(ckpt.configJson, ckpt.configFile)
-        : parseHfConfig(ckpt.configJson, ckpt.configFile);
-      const config: ModelConfig = Object.freeze({ ...parsed, ...opts.overrides });
+      const config: ModelConfig = Object.freeze({ ...parseConfig(ckpt), ...opts.overrides });
       const src = tensorSource(ckpt, config);
       validateTensors(ckpt, config, src);
       return new Transformer(config, new ModelWeights(config, src, weightOptions(config, src, opts)), ckpt);
@@ -169,11 +186,15 @@ export class Transformer {
     const ctx: HookContext = { positions, ...(batchRow === undefined ? {} : { batch: batchRow }) };
     let x = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx)); // [tokens, hidden]
     const rope = ropeTables(positions, c.headDim, c.ropeTheta);
+    // Per layer, whether its output is all finite: a bool scalar computed where the
+    // activations are and read only when the logits turn out non-finite (see checkFinite).
+    const finite: tf.Scalar[] = [];
     try {
       for (let l = 0; l < c.numLayers; l++) {
         const input = x;
         x = tf.tidy(() => decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`, ctx)));
         w.releaseLayer(l);
+        finite.push(allFinite(x));
         input.dispose();
       }
       const logits = tf.tidy(() => {
@@ -184,11 +205,17 @@ export class Transformer {
         return top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
       });
       w.releaseHead();
+      try {
+        checkFinite(logits, finite);
+      } catch (e) {
+        logits.dispose();
+        throw e;
+      }
       if (opts.cache) opts.cache.length += ids.length;
       return { logits };
     } finally {
       x.dispose();
-      tf.dispose([rope.cos, rope.sin]);
+      tf.dispose([rope.cos, rope.sin, ...finite]);
     }
   }
 

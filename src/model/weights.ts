@@ -23,7 +23,7 @@ import { DTYPE_BYTES, type WeightDType } from '../kernels/simd/matmul.js';
 import type { AttentionWeights } from './attention.js';
 import type { ModelConfig } from './config.js';
 import type { FeedForwardWeights } from './feedforward.js';
-import { dtypeSize, halfToFloat } from '../io/safetensors.js';
+import { dtypeSize, firstNonFinite, halfToFloat, NONFINITE_BITS } from '../io/safetensors.js';
 import type { TensorSource } from './layout.js';
 import { expectedTensors } from './schema.js';
 import type { MoeWeights } from './moe.js';
@@ -261,7 +261,12 @@ export class ModelWeights {
     const bytes = shape[0]! * shape[1]! * DTYPE_BYTES[dtype];
     const a = this.memory!.alloc(bytes);
     try {
-      this.src.readInto(name, a.arena.bytes(a.ptr, bytes));
+      // The non-finite check runs in the kernels (SIMD, at memory speed) over the bytes just read.
+      this.src.readInto(name, a.arena.bytes(a.ptr, bytes), (b, d) => {
+        const { mask, add, flag } = NONFINITE_BITS[d];
+        const main = b.length - (b.length % 64);
+        return a.arena.kernels.nonfinite(a.ptr, main, mask, add, flag) !== 0 || firstNonFinite(b.subarray(main), d) >= 0;
+      });
     } catch (e) {
       this.memory!.free(a, bytes);
       throw e;

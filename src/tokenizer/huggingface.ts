@@ -22,6 +22,7 @@ import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import type { AssistantOutput, ChatRequest } from './chat-types.js';
 import { TokenizerError } from './errors.js';
 import { encodeInstruct, type InstructVersion } from './instruct.js';
+import { readTokenizerText } from './read-file.js';
 import { parseAssistantIds } from './tool-calls.js';
 import type { ChatFormat, LoadedTokenizer } from './types.js';
 
@@ -156,12 +157,7 @@ export class HuggingFaceTokenizer implements LoadedTokenizer {
 }
 
 function readJson(file: string): Config {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new TokenizerError(`cannot read: ${(e as Error).message}`, file);
-  }
+  const text = readTokenizerText(file);
   try {
     const v = JSON.parse(text) as unknown;
     if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('expected a JSON object');

@@ -12,8 +12,8 @@
  * Mistral's tokenizer.model.v1 / .v3 / .v7 are all BPE, byte fallback, identity normalizer
  * (no NFKC), dummy prefix on, extra whitespace kept.
  */
-import * as fs from 'node:fs';
 import { TokenizerError } from './errors.js';
+import { readTokenizerFile } from './read-file.js';
 import { fields, ProtobufError, read, type Field } from './protobuf.js';
 
 /** ModelProto.SentencePiece.Type */
@@ -139,11 +139,6 @@ export function parseSentencePieceModel(bytes: Uint8Array, file: string): Senten
 }
 
 export function readSentencePieceModel(file: string): SentencePieceModel {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (e) {
-    throw new TokenizerError(`cannot read: ${(e as Error).message}`, file);
-  }
+  const bytes = readTokenizerFile(file);
   return parseSentencePieceModel(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), file);
 }

@@ -1,12 +1,11 @@
-import * as fs from 'node:fs';
-import { generate, TextStream } from '../../generate/index.js';
-import type { ModelCache } from '../../model/cache.js';
+import { readJsonFile } from '../../io/files.js';
+import { ConversationCache, TextStream } from '../../generate/index.js';
 import {
   loadTokenizer, TokenizerError,
   type ChatFormat, type ChatMessage, type LoadedTokenizer, type ParsedToolCall, type Tool,
 } from '../../tokenizer/index.js';
 import { number, oneOf, parse } from '../args.js';
-import { loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs } from '../common.js';
+import { checkVocabulary, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -58,34 +57,27 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     'show-ids': { type: 'boolean' },
   });
   if (values.model === undefined) throw new UsageError('--model is required');
-  const format = values.format === undefined ? undefined : oneOf(values.format as string, '--format', FORMATS, 'mistral-v1');
-  const str = (k: string) => values[k] as string | undefined;
-  const maxNewTokens = number(str('max-tokens'), '--max-tokens', 256, { min: 1, integer: true });
+  const format = values.format === undefined ? undefined : oneOf(values.format, '--format', FORMATS, 'mistral-v1');
+  const maxNewTokens = number(values['max-tokens'], '--max-tokens', 256, { min: 1, integer: true });
   const sampling = samplingFromArgs(values);
-  const tools = values.tools === undefined ? [] : readTools(values.tools as string);
-  const system = values.system as string | undefined;
+  const tools = values.tools === undefined ? [] : readTools(values.tools);
+  const system = values.system;
 
   const model = await loadModelFromArgs(values, io);
-  let cache: ModelCache | null = null;
+  const conversation = new ConversationCache(model);
   try {
-    const tok = await loadTokenizer((values.tokenizer as string | undefined) ?? model.checkpoint.dir);
-    if (tok.vocabSize > model.config.vocabSize) {
-      throw new UsageError(`the tokenizer has ${tok.vocabSize} ids but the model only ${model.config.vocabSize}`);
-    }
+    const tok = await loadTokenizer(values.tokenizer ?? model.checkpoint.dir);
+    checkVocabulary(tok, model);
     const chat = new Conversation(tok, system, tools, format);
     if (io.interactive) io.stderr(`chat: format ${chat.format}; /tool, /reset, /exit\n> `);
 
-    /** Tokens the cache holds, in order. */
-    let cached: number[] = [];
     for await (const raw of io.stdin()) {
       const line = raw.trim();
       if (line === '') continue;
       if (line === '/exit') break;
       if (line === '/reset') {
         chat.reset();
-        cache?.dispose();
-        cache = null;
-        cached = [];
+        conversation.reset();
       } else {
         let ids: number[] | null;
         try {
@@ -97,19 +89,13 @@ export async function run(args: string[], io: CliIO): Promise<number> {
         }
         if (ids !== null) {
           if (values['show-ids'] === true) io.stderr(`prompt ids (${ids.length}): ${JSON.stringify(ids)}\n`);
-          // Reuse the cache when it holds a prefix of the new prompt (it usually does up to
-          // the last answer, whose re-encoding may differ from what was generated).
-          if (cache === null || !startsWith(ids, cached) || cached.length === ids.length) {
-            cache?.dispose();
-            cache = model.createCache();
-            cached = [];
-          }
+          // The KV cache is reused for the part of the prompt that did not change.
           const generated: number[] = [];
           const stream = new TextStream((x) => tok.decode(x));
           const toolCallsId = tok.specialId('[TOOL_CALLS]');
           let calling = false;
-          for await (const t of generate(model, ids.slice(cached.length), {
-            cache, maxNewTokens, ...sampling,
+          for await (const t of conversation.generate(ids, {
+            maxNewTokens, ...sampling,
             stopIds: tok.eosId !== null && tok.eosId < model.config.vocabSize ? [tok.eosId] : [],
           })) {
             generated.push(t.id);
@@ -118,7 +104,6 @@ export async function run(args: string[], io: CliIO): Promise<number> {
           }
           if (!calling) io.stdout(stream.flush());
           io.stdout('\n');
-          cached = [...ids, ...generated].slice(0, cache.length);
           const calls = chat.answer(generated, (e) => io.stderr(`chat: ${e}\n`));
           if (calls.length > 0) io.stdout(`tool_calls: ${JSON.stringify(calls)}\n`);
         }
@@ -127,7 +112,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     }
     return 0;
   } finally {
-    cache?.dispose();
+    conversation.dispose();
     model.dispose();
   }
 }
@@ -196,16 +181,15 @@ class Conversation {
   }
 }
 
-function startsWith(ids: readonly number[], prefix: readonly number[]): boolean {
-  return prefix.length <= ids.length && prefix.every((id, i) => ids[i] === id);
-}
+/** A tools list is KB; this bounds what --tools may make us parse. */
+const MAX_TOOLS_BYTES = 10_000_000;
 
 function readTools(file: string): Tool[] {
   let tools: unknown;
   try {
-    tools = JSON.parse(fs.readFileSync(file, 'utf8'));
+    tools = readJsonFile(file, MAX_TOOLS_BYTES);
   } catch (e) {
-    throw new UsageError(`--tools ${file}: ${(e as Error).message.split('\n')[0]}`);
+    throw new UsageError(`--tools ${(e as Error).message}`);
   }
   if (!Array.isArray(tools)) throw new UsageError(`--tools ${file}: expected a JSON list of tools`);
   return tools as Tool[];

@@ -1,9 +1,9 @@
 import { performance } from 'node:perf_hooks';
-import * as fs from 'node:fs';
 import { DEFAULT_MAX_NEW_TOKENS, generate, jsonConstraint, TextStream, type StopReason } from '../../generate/index.js';
+import { readJsonFile } from '../../io/files.js';
 import { loadTokenizer, type LoadedTokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse } from '../args.js';
-import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs, TOKENIZER_FILES } from '../common.js';
+import { checkVocabulary, encodePrompt, hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, SAMPLING_OPTIONS, samplingFromArgs, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 
@@ -55,16 +55,16 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     json: { type: 'boolean' },
     'json-schema': { type: 'string' },
   });
-  const text = values.prompt as string | undefined;
-  const idsArg = values.ids as string | undefined;
+  const text = values.prompt;
+  const idsArg = values.ids;
   if ((text === undefined) === (idsArg === undefined)) throw new UsageError('give the prompt as --prompt TEXT or as --ids 1,2,3 (one of them)');
-  const maxNewTokens = number(values['max-tokens'] as string | undefined, '--max-tokens', DEFAULT_MAX_NEW_TOKENS, { min: 0, integer: true });
+  const maxNewTokens = number(values['max-tokens'], '--max-tokens', DEFAULT_MAX_NEW_TOKENS, { min: 0, integer: true });
   const sampling = samplingFromArgs(values);
-  const stopIds = values['stop-ids'] === undefined ? [] : idList(values['stop-ids'] as string, '--stop-ids');
-  const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk as string, '--chunk', 0, { min: 1, integer: true });
+  const stopIds = values['stop-ids'] === undefined ? [] : idList(values['stop-ids'], '--stop-ids');
+  const prefillChunk = values.chunk === undefined ? undefined : number(values.chunk, '--chunk', 0, { min: 1, integer: true });
   const json = values.json === true;
   const givenIds = idsArg === undefined ? null : idList(idsArg, '--ids');
-  const schemaFile = values['json-schema'] as string | undefined;
+  const schemaFile = values['json-schema'];
   const schema = schemaFile === undefined ? undefined : readSchema(schemaFile);
 
   const model = await loadModelFromArgs(values, io);
@@ -74,9 +74,10 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     if (text !== undefined && !found) throw new UsageError(`--prompt needs a tokenizer in ${dir} (${TOKENIZER_FILES}); give token ids with --ids`);
     if (schema !== undefined && !found) throw new UsageError(`--json-schema needs a tokenizer in ${dir} (${TOKENIZER_FILES})`);
     const tokenizer: LoadedTokenizer | null = found ? await loadTokenizer(dir) : null;
+    if (tokenizer !== null) checkVocabulary(tokenizer, model);
     const constraint = schema === undefined ? undefined
       : jsonConstraint(tokenizer!, schema, { endIds: model.config.eosTokenIds, vocabLimit: model.config.vocabSize });
-    const promptIds = givenIds ?? tokenizer!.encode(text!, { bos: true });
+    const promptIds = givenIds ?? encodePrompt(tokenizer!, text!, '--prompt', true);
     const stream = tokenizer === null ? null : new TextStream((ids) => tokenizer.decode(ids), promptIds.slice(-1));
     const progress = new Progress(io, json);
 
@@ -156,10 +157,13 @@ class Progress {
   }
 }
 
+/** A schema is KB; this bounds what --json-schema may make us parse. */
+const MAX_SCHEMA_BYTES = 1_000_000;
+
 function readSchema(file: string): unknown {
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
+    return readJsonFile(file, MAX_SCHEMA_BYTES);
   } catch (e) {
-    throw new UsageError(`--json-schema ${file}: ${(e as Error).message.split('\n')[0]}`);
+    throw new UsageError(`--json-schema ${(e as Error).message}`);
   }
 }

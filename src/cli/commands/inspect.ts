@@ -1,9 +1,10 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { resolveModelDir } from '../../io/bundled.js';
 import { openCheckpoint, type Checkpoint } from '../../io/checkpoint.js';
 import { CheckpointError } from '../../io/errors.js';
-import { parameterCount, parseHfConfig, parseNativeParams, type ModelConfig } from '../../model/config.js';
+import { parameterCount, parseConfig, type ModelConfig } from '../../model/config.js';
 import { chooseResidency, estimateMemory, type MemoryEstimate } from '../../model/residency.js';
 import { tensorProblems, type TensorProblem } from '../../model/schema.js';
 import { parse, required } from '../args.js';
@@ -51,7 +52,7 @@ export interface InspectReport {
 
 export async function run(args: string[], io: CliIO): Promise<number> {
   const { values } = parse(args, { model: { type: 'string' }, json: { type: 'boolean' } });
-  const dir = required(values.model as string | undefined, '--model');
+  const dir = resolveModelDir(required(values.model, '--model'));
   const ckpt = openCheckpoint(dir);
   try {
     const report = inspect(ckpt);
@@ -67,9 +68,7 @@ export function inspect(ckpt: Checkpoint): InspectReport {
   const problems: InspectReport['problems'] = [];
   let config: ModelConfig | null = null;
   try {
-    config = ckpt.layout === 'native'
-      ? parseNativeParams(ckpt.configJson, ckpt.configFile)
-      : parseHfConfig(ckpt.configJson, ckpt.configFile);
+    config = parseConfig(ckpt);
   } catch (e) {
     if (!(e instanceof CheckpointError)) throw e;
     problems.push({ kind: 'config', tensor: '', file: ckpt.configFile, message: e.message });

@@ -34,9 +34,9 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     'per-layer': { type: 'boolean' },
     json: { type: 'boolean' },
   });
-  const refFile = required(values.reference as string | undefined, '--reference');
-  const atol = number(values.atol as string | undefined, '--atol', 5e-5, { min: 0 });
-  const rtol = number(values.rtol as string | undefined, '--rtol', 1e-6, { min: 0 });
+  const refFile = required(values.reference, '--reference');
+  const atol = number(values.atol, '--atol', 5e-5, { min: 0 });
+  const rtol = number(values.rtol, '--rtol', 1e-6, { min: 0 });
   const ref = Reference.open(refFile);
   try {
     const model = await loadModelFromArgs(values, io);

@@ -45,29 +45,28 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     pooling: { type: 'string' },
   });
   if (values.model === undefined) throw new UsageError('--model is required');
-  const str = (k: string) => values[k] as string | undefined;
-  const port = number(str('port'), '--port', 8080, { min: 0, max: 65535, integer: true });
-  const maxTokens = number(str('max-tokens'), '--max-tokens', 512, { min: 1, integer: true });
-  const parallel = number(str('parallel'), '--parallel', 1, { min: 1, integer: true });
-  const queue = number(str('queue'), '--queue', DEFAULT_QUEUE, { min: 0, integer: true });
-  const maxBodyBytes = number(str('max-body'), '--max-body', DEFAULT_MAX_BODY, { min: 1, integer: true });
-  const pooling = oneOf<Pooling>(str('pooling'), '--pooling', POOLINGS, 'mean');
-  const apiKey = str('api-key');
+  const port = number(values.port, '--port', 8080, { min: 0, max: 65535, integer: true });
+  const maxTokens = number(values['max-tokens'], '--max-tokens', 512, { min: 1, integer: true });
+  const parallel = number(values.parallel, '--parallel', 1, { min: 1, integer: true });
+  const queue = number(values.queue, '--queue', DEFAULT_QUEUE, { min: 0, integer: true });
+  const maxBodyBytes = number(values['max-body'], '--max-body', DEFAULT_MAX_BODY, { min: 1, integer: true });
+  const pooling = oneOf<Pooling>(values.pooling, '--pooling', POOLINGS, 'mean');
+  const apiKey = values['api-key'];
   if (apiKey === '') throw new UsageError('--api-key must not be empty');
 
   const model = await loadModelFromArgs(values, io);
   try {
-    const tok = await loadTokenizer(str('tokenizer') ?? model.checkpoint.dir);
+    const tok = await loadTokenizer(values.tokenizer ?? model.checkpoint.dir);
     if (tok.vocabSize > model.config.vocabSize) throw new UsageError(`the tokenizer has ${tok.vocabSize} ids but the model only ${model.config.vocabSize}`);
-    const id = str('name') ?? path.basename(path.resolve(model.checkpoint.dir));
+    const id = values.name ?? path.basename(path.resolve(model.checkpoint.dir));
     const server = new ChatServer({ model, tok, id, maxTokens }, {
-      host: str('host') ?? '127.0.0.1', port, ...(apiKey !== undefined ? { apiKey } : {}), parallel, queue, maxBodyBytes, pooling,
+      host: values.host ?? '127.0.0.1', port, ...(apiKey !== undefined ? { apiKey } : {}), parallel, queue, maxBodyBytes, pooling,
     });
     let url: string;
     try {
       url = await server.listen();
     } catch (e) {
-      throw new UsageError(`cannot listen on ${str('host') ?? '127.0.0.1'}:${port}: ${(e as Error).message}`);
+      throw new UsageError(`cannot listen on ${values.host ?? '127.0.0.1'}:${port}: ${(e as Error).message}`);
     }
     io.stdout(`mistral-ref serve: ${url}/v1 serving ${id} (${tok.chatFormat}, ${model.config.arch}, vocabulary ${model.config.vocabSize})` +
       `${apiKey !== undefined ? ', Bearer key required' : ''}; Ctrl-C to stop\n`);

@@ -1,9 +1,9 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { PRESET_NAMES, PRESETS, planSynth, synthesize, type PresetName, type SynthOverrides, type SynthPlan } from '../../io/synthetic.js';
+import { PRESET_NAMES, PRESETS, planSynth, synthSteps, type PresetName, type SynthOverrides, type SynthPlan } from '../synthetic.js';
 import { number, oneOf, parse, required } from '../args.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
+import { writeOutputDir } from '../output-dir.js';
 
 export const summary = 'write a synthetic full-size checkpoint (Mistral 7B, Mixtral 8x7B shapes)';
 
@@ -16,7 +16,9 @@ when it fits in one shard). Written streaming: memory stays at a few MB. Weights
 uniform with variance 1/fan_in, so activations stay finite through every layer.
 
   --preset NAME          ${PRESET_NAMES.join(', ')}
-  --out DIR              output folder (created; must be absent or empty)
+  --out DIR              output folder (created; must be absent or empty). Written into
+                         DIR.partial, renamed to DIR when complete; an interrupted run
+                         removes it
   --layers N             decoder layers (default: all, 32); the config says N
   --dtype DTYPE          bf16 (default, as published) or f32
   --seed S               integer seed (default 0); a tensor's values depend on seed and name only
@@ -45,13 +47,12 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     experts: { type: 'string' },
     'shard-size': { type: 'string' },
   });
-  const str = (k: string) => values[k] as string | undefined;
-  const preset = oneOf<PresetName>(required(str('preset'), '--preset'), '--preset', PRESET_NAMES, 'mistral-7b-v0.1');
+  const preset = oneOf<PresetName>(required(values.preset, '--preset'), '--preset', PRESET_NAMES, 'mistral-7b-v0.1');
   const dryRun = values['dry-run'] === true;
-  const out = dryRun ? str('out') ?? '' : required(str('out'), '--out');
+  const out = dryRun ? values.out ?? '' : required(values.out, '--out');
   // Layers and experts are enumerated tensor by tensor: bounded well above any real model.
-  const count = (flag: string, max = 1 << 24) => {
-    const v = str(flag);
+  const count = (flag: 'hidden' | 'intermediate' | 'vocab' | 'heads' | 'kv-heads' | 'experts' | 'layers', max = 1 << 24) => {
+    const v = values[flag];
     return v === undefined ? undefined : number(v, `--${flag}`, 0, { min: 1, integer: true, max });
   };
   const overrides: SynthOverrides = Object.fromEntries(Object.entries({
@@ -68,10 +69,10 @@ export async function run(args: string[], io: CliIO): Promise<number> {
   const plan = planSynth({
     preset,
     layers: count('layers', 1024),
-    dtype: oneOf(str('dtype'), '--dtype', ['bf16', 'f32'], 'bf16') === 'bf16' ? 'BF16' : 'F32',
-    seed: number(str('seed'), '--seed', 0, { integer: true, min: 0, max: 2 ** 32 - 1 }),
+    dtype: oneOf(values.dtype, '--dtype', ['bf16', 'f32'], 'bf16') === 'bf16' ? 'BF16' : 'F32',
+    seed: number(values.seed, '--seed', 0, { integer: true, min: 0, max: 2 ** 32 - 1 }),
     overrides,
-    maxShardBytes: str('shard-size') === undefined ? undefined : number(str('shard-size'), '--shard-size', 0, { min: 1 }),
+    maxShardBytes: values['shard-size'] === undefined ? undefined : number(values['shard-size'], '--shard-size', 0, { min: 1 }),
   });
 
   const bytes = plan.shards.reduce((n, s) => n + s.bytes, 0);
@@ -80,11 +81,19 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     io.stdout(describe + plan.shards.map((s) => `  ${s.file}  ${gb(s.bytes)}  ${s.tensors.length} tensors\n`).join(''));
     return 0;
   }
-  checkRoom(out, bytes);
   const started = Date.now();
-  synthesize(plan, out, (p) => {
-    if (io.interactive) {
-      io.stderr(`synth: ${p.file} (${p.shard}/${p.shards})  ${gb(p.written)} of ${gb(p.total)}  ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
+  // Written into <out>.partial and renamed when complete: an interrupted or failed run leaves
+  // nothing behind, and a second run into the same folder fails while this one writes.
+  await writeOutputDir(out, '--out', { replace: 'empty', what: 'a checkpoint' }, async (tmp) => {
+    checkRoom(tmp, out, bytes);
+    let chunks = 0;
+    for (const _ of synthSteps(plan, tmp, (p) => {
+      if (io.interactive) {
+        io.stderr(`synth: ${p.file} (${p.shard}/${p.shards})  ${gb(p.written)} of ${gb(p.total)}  ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
+      }
+    })) {
+      // Every few chunks, let the event loop run: Ctrl-C then removes the partial folder.
+      if (++chunks % 8 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
     }
   });
   io.stdout(describe + `wrote ${plan.shards.length} file(s), ${gb(bytes)}, to ${out} in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
@@ -103,9 +112,7 @@ function describePlan(preset: PresetName, plan: SynthPlan, bytes: number): strin
 }
 
 /** Refuses to start a write that cannot finish (a 93 GB Mixtral on a small disk). */
-function checkRoom(out: string, bytes: number): void {
-  let dir = path.resolve(out);
-  while (!fs.existsSync(dir)) dir = path.dirname(dir);
+function checkRoom(dir: string, out: string, bytes: number): void {
   const st = fs.statfsSync(dir);
   const free = st.bavail * st.bsize;
   if (bytes > free) {

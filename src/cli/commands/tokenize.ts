@@ -28,7 +28,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     bos: { type: 'boolean' },
     jsonl: { type: 'boolean' },
   }, true);
-  const file = required(values.tokenizer as string | undefined, '--tokenizer');
+  const file = required(values.tokenizer, '--tokenizer');
   const bos = values.bos === true;
   if (values.jsonl === true && positionals.length > 0) throw new UsageError('--jsonl reads the texts from stdin: give no TEXT arguments');
   if (values.jsonl !== true && positionals.length === 0) throw new UsageError('give the texts to encode as arguments, or --jsonl to read them from stdin');
@@ -48,6 +48,7 @@ export async function run(args: string[], io: CliIO): Promise<number> {
         throw new UsageError(`stdin line ${n}: expected a JSON string, got ${JSON.stringify(line.length > 40 ? `${line.slice(0, 40)}…` : line)}`);
       }
       io.stdout(JSON.stringify(tok.encode(text, { bos })) + '\n');
+      await io.drain?.(); // output to a slow reader waits, instead of piling up in memory
     }
     return 0;
   }

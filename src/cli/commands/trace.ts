@@ -1,10 +1,15 @@
 import * as path from 'node:path';
+import { resolveModelDir } from '../../io/bundled.js';
 import { traceModel, writeTrace, layerTable } from '../../inspect/trace.js';
-import { loadTokenizer, type Tokenizer } from '../../tokenizer/index.js';
+import { loadTokenizer, type LoadedTokenizer } from '../../tokenizer/index.js';
 import { idList, number, parse, required } from '../args.js';
-import { hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, TOKENIZER_FILES } from '../common.js';
+import { checkVocabulary, encodePrompt, hasTokenizer, loadModelFromArgs, MODEL_OPTIONS, MODEL_USAGE, TOKENIZER_FILES } from '../common.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
+import { writeOutputDir } from '../output-dir.js';
+
+/** The files trace writes: an existing --out folder may hold these only (an earlier trace), and they are replaced. */
+const TRACE_FILE = /^(layers\.(md|json)|(attention-layer-\d+|router|logit-lens)\.(svg|png))$/;
 
 export const summary = 'per-layer table and pictures (attention, routing, logit lens) for a prompt';
 
@@ -24,7 +29,8 @@ ${MODEL_USAGE}
   --ids LIST             comma-separated token ids
   --prompt TEXT          text, encoded with the model folder's tokenizer (BOS prepended)
   --no-bos               with --prompt: do not prepend BOS
-  --out DIR              where to write (created if missing)
+  --out DIR              where to write (created if missing; an existing folder may only hold
+                         an earlier trace, which is replaced as a whole)
   --top-k N              tokens listed by the logit lens per layer (default 5)
   --layers LIST          layers to draw attention pictures for (default all)
   --no-png               write the SVGs only
@@ -44,16 +50,16 @@ export async function run(args: string[], io: CliIO): Promise<number> {
     layers: { type: 'string' },
     'no-png': { type: 'boolean' },
   });
-  const modelDir = required(values.model as string | undefined, '--model');
-  const outDir = required(values.out as string | undefined, '--out');
-  const idsArg = values.ids as string | undefined;
-  const prompt = values.prompt as string | undefined;
+  const modelDir = resolveModelDir(required(values.model, '--model'));
+  const outDir = required(values.out, '--out');
+  const idsArg = values.ids;
+  const prompt = values.prompt;
   if ((idsArg === undefined) === (prompt === undefined)) throw new UsageError('give exactly one of --ids and --prompt');
-  const topK = number(values['top-k'] as string | undefined, '--top-k', 5, { min: 1, max: 100, integer: true });
-  const layers = values.layers === undefined ? undefined : idList(values.layers as string, '--layers');
+  const topK = number(values['top-k'], '--top-k', 5, { min: 1, max: 100, integer: true });
+  const layers = values.layers === undefined ? undefined : idList(values.layers, '--layers');
 
   const found = hasTokenizer(modelDir);
-  let tokenizer: Tokenizer | null = null;
+  let tokenizer: LoadedTokenizer | null = null;
   if (prompt !== undefined) {
     if (!found) throw new UsageError(`--prompt needs a tokenizer in ${modelDir} (${TOKENIZER_FILES}); give --ids instead`);
     tokenizer = await loadTokenizer(modelDir);
@@ -64,10 +70,11 @@ export async function run(args: string[], io: CliIO): Promise<number> {
       io.stderr(`trace: labels are ids (the tokenizer did not load: ${(e as Error).message.split('\n')[0]})\n`);
     }
   }
-  const ids = prompt !== undefined ? tokenizer!.encode(prompt, { bos: values['no-bos'] !== true }) : idList(idsArg!, '--ids');
+  const ids = prompt !== undefined ? encodePrompt(tokenizer!, prompt, '--prompt', values['no-bos'] !== true) : idList(idsArg!, '--ids');
 
   const model = await loadModelFromArgs(values, io);
   try {
+    if (tokenizer !== null) checkVocabulary(tokenizer, model);
     const bad = layers?.find((l) => l >= model.config.numLayers);
     if (bad !== undefined) throw new UsageError(`--layers: layer ${bad} does not exist (the model has ${model.config.numLayers})`);
     const { report, pictures } = traceModel(model, ids, {
@@ -75,7 +82,9 @@ export async function run(args: string[], io: CliIO): Promise<number> {
       ...(tokenizer ? { pieceOf: (id: number) => tokenizer!.idToPiece(id) } : {}),
       ...(layers ? { attentionLayers: layers } : {}),
     });
-    const files = writeTrace(outDir, report, pictures, { png: values['no-png'] !== true });
+    // Written into <out>.partial, then swapped in: the folder never mixes this run's pictures with an earlier run's.
+    const files = await writeOutputDir(outDir, '--out', { replace: (f) => TRACE_FILE.test(f), what: 'a trace' },
+      (tmp) => writeTrace(tmp, report, pictures, { png: values['no-png'] !== true }));
     io.stdout(`${report.ids.length} tokens: ${report.tokens.join(' ')}\n\n`);
     io.stdout(layerTable(report));
     io.stdout(`\nwrote ${files.length} files to ${outDir}: ${files.map((f) => path.basename(f)).join(', ')}\n`);

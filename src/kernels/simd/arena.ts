@@ -27,6 +27,8 @@ export interface KernelExports {
   read(p: number, n: number): number;
   /** n rounds of 64 float32 operations on registers (the arithmetic probe). */
   flops(n: number): number;
+  /** 1 when the n bytes at p (a multiple of 64) hold an element whose exponent is all ones: see build-kernels.ts. */
+  nonfinite(p: number, n: number, mask: number, add: number, flag: number): number;
 }
 
 // The few WebAssembly JS-API types used here (the project compiles without the DOM lib).

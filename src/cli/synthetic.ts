@@ -3,13 +3,16 @@
  * real Mistral model, with seeded random weights, written in the HF layout and sharded
  * the way the real repository is. For tests (few layers) and memory benchmarks (full
  * width) without downloading 15–93 GB.
+ *
+ * It lives with the CLI, a floor above io and model: it writes files (io) in the shapes a
+ * config implies (model), and io imports nothing of ours.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CheckpointError } from '../io/errors.js';
+import { dataBytes, elementCount, headerBytes, writeSafetensorsSteps, type TensorSpec, type WritableDType } from '../io/safetensors-writer.js';
 import { parseHfConfig, type ModelConfig } from '../model/config.js';
 import { expectedTensors } from '../model/schema.js';
-import { CheckpointError } from './errors.js';
-import { dataBytes, elementCount, headerBytes, writeSafetensors, type TensorSpec, type WritableDType } from './safetensors-writer.js';
 
 export const PRESET_NAMES = ['mistral-7b-v0.1', 'mistral-7b-v0.3', 'mixtral-8x7b'] as const;
 export type PresetName = (typeof PRESET_NAMES)[number];
@@ -255,27 +258,38 @@ export interface SynthProgress {
   readonly total: number;
 }
 
-/** Writes the checkpoint of `plan` into `out` (created; must be absent or empty). */
+/**
+ * Writes the checkpoint of `plan` into `out` (created; must be absent or empty), in one go.
+ * The CLI writes through `synthSteps` into a temporary sibling instead (atomic, interruptible).
+ */
 export function synthesize(plan: SynthPlan, out: string, onProgress?: (p: SynthProgress) => void): void {
   if (fs.existsSync(out) && (!fs.statSync(out).isDirectory() || fs.readdirSync(out).length > 0)) {
     throw new CheckpointError(out, 'exists and is not an empty folder; synth does not overwrite');
   }
+  fs.mkdirSync(out, { recursive: true });
+  for (const _ of synthSteps(plan, out, onProgress));
+}
+
+/**
+ * Writes the files of `plan` into the existing folder `out`, one chunk (a few MB) per step,
+ * so that a caller can yield to the event loop (and handle Ctrl-C) between steps.
+ */
+export function* synthSteps(plan: SynthPlan, out: string, onProgress?: (p: SynthProgress) => void): Generator<void, void, undefined> {
   try {
-    fs.mkdirSync(out, { recursive: true });
-    writeAll(plan, out, onProgress);
+    yield* writeAll(plan, out, onProgress);
   } catch (e) {
     if (e instanceof CheckpointError) throw e;
     throw new CheckpointError(out, `cannot write: ${(e as Error).message}`);
   }
 }
 
-function writeAll(plan: SynthPlan, out: string, onProgress?: (p: SynthProgress) => void): void {
+function* writeAll(plan: SynthPlan, out: string, onProgress?: (p: SynthProgress) => void): Generator<void, void, undefined> {
   const shapes = new Map(plan.shards.flatMap((s) => s.tensors.map((t) => [t.name, t.shape] as const)));
   const fill = syntheticFill(plan.seed, shapes);
   let before = 0;
-  plan.shards.forEach((shard, k) => {
+  for (const [k, shard] of plan.shards.entries()) {
     let last = 0;
-    writeSafetensors(path.join(out, shard.file), shard.tensors, plan.dtype, fill, (written) => {
+    yield* writeSafetensorsSteps(path.join(out, shard.file), shard.tensors, plan.dtype, fill, (written) => {
       // Report about every 64 MB, not every chunk.
       if (written - last >= 64 << 20 || written === dataBytes(shard.tensors, plan.dtype)) {
         last = written;
@@ -283,7 +297,7 @@ function writeAll(plan: SynthPlan, out: string, onProgress?: (p: SynthProgress) 
       }
     });
     before += dataBytes(shard.tensors, plan.dtype);
-  });
+  }
   if (plan.shards.length > 1) {
     const weightMap: Record<string, string> = {};
     const entries = plan.shards.flatMap((s) => s.tensors.map((t) => [t.name, s.file] as const));
