@@ -53,7 +53,10 @@ describe('notebooks', () => {
 
   it('02, 04 and 05 report the checks their cells enforce', () => {
     expect(stdout(read('02-sliding-window-and-rolling-cache.ipynb'))).toMatch(/one at a time: max \|Δ logits\| vs the full forward = \d\.\de-\d/);
-    expect(stdout(read('04-looking-inside.ipynb'))).toMatch(/sum of the parts (\S+), the model's logit difference \1/);
+    const inside = stdout(read('04-looking-inside.ipynb'));
+    expect(inside).toMatch(/sum of the parts (\S+), the model's logit difference \1/);
+    expect(inside).toMatch(/MLP at "=": by hand (\S+), logitAttrs \1/); // one part by hand, against the library
+    expect(inside).toMatch(/\("="\): by hand (\S+), patchSweep \1/); // one patch by hand, against the sweep
     const parity = stdout(read('05-parity.ipynb'));
     expect(parity).toContain('pass: true\n');
     expect(parity).toMatch(/broken \(×1\.01, layer 2 MLP\)\s+pass: false first divergent layer: 2/);
