@@ -81,6 +81,8 @@ export class ModelWeights {
   private readonly keepShared: boolean;
   /** Stream mode: resident experts by name prefix, least recently used first (Map order). */
   private readonly experts = new Map<string, number>();
+  /** Stored tensors whose bytes were checked for NaN / ±Inf when first read (see store()). */
+  private readonly checkedFinite = new Set<string>();
   readonly expertCache: ExpertCacheStats;
   /** Bytes read from the checkpoint files so far, at their stored width (stream mode: grows every token). */
   bytesRead = 0;
@@ -261,8 +263,10 @@ export class ModelWeights {
     const bytes = shape[0]! * shape[1]! * DTYPE_BYTES[dtype];
     const a = this.memory!.alloc(bytes);
     try {
-      // The non-finite check runs in the kernels (SIMD, at memory speed) over the bytes just read.
-      this.src.readInto(name, a.arena.bytes(a.ptr, bytes), (b, d) => {
+      // The non-finite check runs in the kernels (SIMD, at memory speed) over the bytes just
+      // read, once per tensor: stream mode reads a missed expert again token after token, and
+      // scanning it each time cost as much as multiplying by it.
+      this.src.readInto(name, a.arena.bytes(a.ptr, bytes), this.checkedFinite.has(name) ? () => false : (b, d) => {
         const { mask, add, flag } = NONFINITE_BITS[d];
         const main = b.length - (b.length % 64);
         return a.arena.kernels.nonfinite(a.ptr, main, mask, add, flag) !== 0 || firstNonFinite(b.subarray(main), d) >= 0;
@@ -271,6 +275,7 @@ export class ModelWeights {
       this.memory!.free(a, bytes);
       throw e;
     }
+    this.checkedFinite.add(name);
     this.bytesRead += bytes;
     const l = storedLinear({ ...a, rows: shape[0]!, cols: shape[1]!, dtype });
     this.linears.set(name, l);
