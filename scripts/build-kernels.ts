@@ -388,6 +388,17 @@ const EXP = `
  * 0 ≤ kpos[j] ≤ qpos[t] and (window = 0 or kpos[j] > qpos[t] − window). Heads [h0, h1) only
  * (a thread's share). D must be a multiple of 4.
  */
+/** A loop over one head's D floats, four at a time: `$d` walks the bytes [0, $Db); `L` names its labels. */
+const overHead = (L: string, body: string) => `(local.set $d (i32.const 0))
+        (block $${L}d (loop $${L}l
+          (br_if $${L}d (i32.ge_u (local.get $d) (local.get $Db)))
+          ${body}
+          (local.set $d (i32.add (local.get $d) (i32.const 16)))
+          (br $${L}l)))`;
+const at = (row: string) => `(i32.add (local.get ${row}) (local.get $d))`;
+/** z row ·= $cv, four lanes at a time. */
+const scaleZ = (L: string) => overHead(L, `(v128.store ${at('$zrow')} (f32x4.mul (v128.load ${at('$zrow')}) (local.get $cv)))`);
+
 const ATTEND = () => `
   (func $attend (export "attend") (param $q i32) (param $k i32) (param $v i32) (param $z i32) (param $qpos i32) (param $kpos i32)
       (param $T i32) (param $S i32) (param $H i32) (param $KV i32) (param $D i32) (param $window i32) (param $sqrtD f32)
@@ -408,12 +419,7 @@ const ATTEND = () => `
         (local.set $kh (i32.add (local.get $k) (i32.mul (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $S)) (local.get $Db))))
         (local.set $vh (i32.add (local.get $v) (i32.sub (local.get $kh) (local.get $k))))
         ;; z row = 0, running max −∞, running sum 0
-        (local.set $d (i32.const 0))
-        (block $zd (loop $zl
-          (br_if $zd (i32.ge_u (local.get $d) (local.get $Db)))
-          (v128.store (i32.add (local.get $zrow) (local.get $d)) (v128.const i32x4 0 0 0 0))
-          (local.set $d (i32.add (local.get $d) (i32.const 16)))
-          (br $zl)))
+        ${overHead('z', `(v128.store ${at('$zrow')} (v128.const i32x4 0 0 0 0))`)}
         (local.set $m (f64.const -inf))
         (local.set $l (f64.const 0))
         (local.set $j (i32.const 0))
@@ -427,47 +433,24 @@ const ATTEND = () => `
               (local.set $vrow (i32.add (local.get $vh) (i32.mul (local.get $j) (local.get $Db))))
               ;; s = q · k / √D (divided, as the reference path divides)
               (local.set $acc (v128.const i32x4 0 0 0 0))
-              (local.set $d (i32.const 0))
-              (block $dd (loop $dl
-                (br_if $dd (i32.ge_u (local.get $d) (local.get $Db)))
-                (local.set $acc ${madd('(v128.load (i32.add (local.get $qrow) (local.get $d)))', '(v128.load (i32.add (local.get $krow) (local.get $d)))', '(local.get $acc)')})
-                (local.set $d (i32.add (local.get $d) (i32.const 16)))
-                (br $dl)))
+              ${overHead('d', `(local.set $acc ${madd(`(v128.load ${at('$qrow')})`, `(v128.load ${at('$krow')})`, '(local.get $acc)')})`)}
               (local.set $s (f64.promote_f32 (f32.div ${hsum('(local.get $acc)')} (local.get $sqrtD))))
               ;; a new max rescales what was summed so far
               (if (f64.gt (local.get $s) (local.get $m)) (then
                 (local.set $c (call $exp (f64.sub (local.get $m) (local.get $s))))
                 (local.set $l (f64.mul (local.get $l) (local.get $c)))
                 (local.set $cv (f32x4.splat (f32.demote_f64 (local.get $c))))
-                (local.set $d (i32.const 0))
-                (block $cd (loop $cl
-                  (br_if $cd (i32.ge_u (local.get $d) (local.get $Db)))
-                  (v128.store (i32.add (local.get $zrow) (local.get $d))
-                    (f32x4.mul (v128.load (i32.add (local.get $zrow) (local.get $d))) (local.get $cv)))
-                  (local.set $d (i32.add (local.get $d) (i32.const 16)))
-                  (br $cl)))
+                ${scaleZ('c')}
                 (local.set $m (local.get $s))))
               (local.set $e (call $exp (f64.sub (local.get $s) (local.get $m))))
               (local.set $l (f64.add (local.get $l) (local.get $e)))
               (local.set $ev (f32x4.splat (f32.demote_f64 (local.get $e))))
-              (local.set $d (i32.const 0))
-              (block $vd (loop $vl
-                (br_if $vd (i32.ge_u (local.get $d) (local.get $Db)))
-                (v128.store (i32.add (local.get $zrow) (local.get $d))
-                  ${madd('(v128.load (i32.add (local.get $vrow) (local.get $d)))', '(local.get $ev)', '(v128.load (i32.add (local.get $zrow) (local.get $d)))')})
-                (local.set $d (i32.add (local.get $d) (i32.const 16)))
-                (br $vl)))))
+              ${overHead('v', `(v128.store ${at('$zrow')} ${madd(`(v128.load ${at('$vrow')})`, '(local.get $ev)', `(v128.load ${at('$zrow')})`)})`)}))
           (local.set $j (i32.add (local.get $j) (i32.const 1)))
           (br $jl)))
         ;; z = z / l
         (local.set $cv (f32x4.splat (f32.demote_f64 (f64.div (f64.const 1) (local.get $l)))))
-        (local.set $d (i32.const 0))
-        (block $nd (loop $nl
-          (br_if $nd (i32.ge_u (local.get $d) (local.get $Db)))
-          (v128.store (i32.add (local.get $zrow) (local.get $d))
-            (f32x4.mul (v128.load (i32.add (local.get $zrow) (local.get $d))) (local.get $cv)))
-          (local.set $d (i32.add (local.get $d) (i32.const 16)))
-          (br $nl)))
+        ${scaleZ('n')}
         (local.set $h (i32.add (local.get $h) (i32.const 1)))
         (br $hl)))
       (local.set $t (i32.add (local.get $t) (i32.const 1)))
