@@ -46,12 +46,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import { checkpointSize } from '../src/cli/common.js';
 import { generate } from '../src/generate/index.js';
 import { planSynth, synthesize, type SynthOptions, type SynthPlan } from '../src/cli/synthetic.js';
+import { openCheckpoint } from '../src/io/checkpoint.js';
 import { useBackend, type BackendName } from '../src/kernels/backend.js';
 import type { KernelsName } from '../src/kernels/linear.js';
 import { kernelVariant } from '../src/kernels/simd/arena.js';
 import { defaultThreads, setThreads } from '../src/kernels/simd/pool.js';
 import { measureReadRate, measureSimdFlops } from '../src/kernels/simd/probe.js';
-import type { ModelConfig } from '../src/model/config.js';
+import { parseConfig, type ModelConfig } from '../src/model/config.js';
 import { defaultExpertCacheBytes, residencyProblem, storedStreamPlan, type Residency } from '../src/model/residency.js';
 import { Transformer } from '../src/model/transformer.js';
 
@@ -203,17 +204,18 @@ function synthOnce(name: string, opts: SynthOptions, checkDisk = false): { dir: 
  * same share of the experts as it would for the whole model.
  */
 function expertShare(dir: string, layers: number, kernels: KernelsName): number {
-  const m = Transformer.load(dir, { weights: 'stream', kernels, expertCacheBytes: 0 }); // headers only
+  const ckpt = openCheckpoint(dir); // the config alone: no weights
+  let c: ModelConfig;
   try {
-    const c = m.config;
-    const size = checkpointSize(dir);
-    const whole = kernels === 'simd'
-      ? storedStreamPlan({ ...c, numLayers: layers }, size.storedBytes / (size.float32Bytes / 4)).expertCacheBytes
-      : defaultExpertCacheBytes({ ...c, numLayers: layers });
-    return (whole * c.numLayers) / layers;
+    c = parseConfig(ckpt);
   } finally {
-    m.dispose();
+    ckpt.store.close();
   }
+  const size = checkpointSize(dir);
+  const whole = kernels === 'simd'
+    ? storedStreamPlan({ ...c, numLayers: layers }, size.storedBytes / (size.float32Bytes / 4)).expertCacheBytes
+    : defaultExpertCacheBytes({ ...c, numLayers: layers });
+  return (whole * c.numLayers) / layers;
 }
 
 /** Deterministic ids inside the vocabulary, BOS first (the demo has 99 ids, 7B 32000). */

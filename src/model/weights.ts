@@ -57,7 +57,7 @@ export interface WeightOptions {
    * Stream mode: `simd` reads each tensor at its stored width into kernel memory, `tfjs` as a
    * float32 tensor. (Resident is always simd, eager always tfjs.)
    */
-  readonly kernels?: KernelsName;
+  readonly kernels: KernelsName;
   /** Resident loading: called with the bytes read so far, after each tensor. */
   readonly onProgress?: (loadedBytes: number) => void;
   /** Stream mode: bytes of experts to keep between uses (0: one expert at a time). */
@@ -89,7 +89,7 @@ export class ModelWeights {
 
   constructor(readonly config: ModelConfig, private readonly src: TensorSource, opts: WeightOptions) {
     const residency = this.residency = opts.residency;
-    const stored = residency === 'resident' || (residency === 'stream' && (opts.kernels ?? 'simd') === 'simd');
+    const stored = residency === 'resident' || (residency === 'stream' && opts.kernels === 'simd');
     this.memory = stored ? new WeightMemory() : null;
     this.keepShared = residency === 'stream' && stored && opts.keepShared === true;
     this.expertCache = { hits: 0, misses: 0, bytesRead: 0, heldBytes: 0, budgetBytes: residency === 'stream' ? opts.expertCacheBytes ?? 0 : 0 };
