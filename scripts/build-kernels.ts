@@ -458,6 +458,66 @@ const ATTEND = () => `
   )`;
 
 /**
+ * e^x in four float32 lanes: x = n·ln2 + r (ln2 in two parts, so r is exact to float32),
+ * |r| ≤ ln2/2, e^r by its Taylor series to r^7 (truncation < 6e-9 relative), times 2^n
+ * built in the exponent bits. x is clamped to [−87.3, 88.7] first, so 2^n stays a normal
+ * float: e^x below e^−87.3 comes out as ≈ 1e−38 instead of a subnormal, which every caller
+ * adds to 1 or multiplies away. NaN stays NaN (min and max propagate it).
+ */
+const EXP4 = () => `
+  (func $exp4 (param $x v128) (result v128)
+    (local $n v128) (local $r v128) (local $p v128)
+    (local.set $x (f32x4.max (f32x4.min (local.get $x) (f32x4.splat (f32.const 88.7))) (f32x4.splat (f32.const -87.3))))
+    (local.set $n (f32x4.nearest (f32x4.mul (local.get $x) (f32x4.splat (f32.const 1.44269504)))))
+    (local.set $r (f32x4.sub (f32x4.sub (local.get $x) (f32x4.mul (local.get $n) (f32x4.splat (f32.const 0.693145751953125))))
+      (f32x4.mul (local.get $n) (f32x4.splat (f32.const 1.428606765330187e-6)))))
+    (local.set $p (f32x4.splat (f32.const 1.984126984126984e-4)))
+    ${[1.388888888888889e-3, 8.333333333333333e-3, 4.1666666666666664e-2, 0.16666666666666666, 0.5, 1, 1]
+      .map((c) => `(local.set $p ${madd('(local.get $p)', '(local.get $r)', `(f32x4.splat (f32.const ${c}))`)})`).join('\n    ')}
+    (f32x4.mul (local.get $p) (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (i32x4.splat (i32.const 127))) (i32.const 23)))
+  )`;
+
+/**
+ * SwiGLU's gating, out[t, i] = g · σ(g) · u with σ(g) = 1 / (1 + e^−g), rounded to float32
+ * at each step as model/feedforward.ts's composite ops round. Row t of g and u starts at
+ * g + 4·t·ld and u + 4·t·ld (byte offsets), of out at out + 4·t·I; four lanes at a time,
+ * the I mod 4 tail one lane at a time through the same $exp4.
+ */
+const SWIGLU = () => {
+  const one = (g: string, u: string) => `(f32x4.mul (f32x4.mul ${g} (f32x4.div (f32x4.splat (f32.const 1))
+          (f32x4.add (f32x4.splat (f32.const 1)) (call $exp4 (f32x4.neg ${g}))))) ${u})`;
+  return `
+  (func $swiglu (export "swiglu") (param $g i32) (param $u i32) (param $out i32) (param $T i32) (param $I i32) (param $ld i32)
+    (local $t i32) (local $i i32) (local $I4 i32) (local $gp i32) (local $up i32) (local $op i32)
+    (local.set $I4 (i32.and (local.get $I) (i32.const -4)))
+    (block $td (loop $tl
+      (br_if $td (i32.ge_u (local.get $t) (local.get $T)))
+      (local.set $gp (i32.add (local.get $g) (i32.shl (i32.mul (local.get $t) (local.get $ld)) (i32.const 2))))
+      (local.set $up (i32.add (local.get $u) (i32.shl (i32.mul (local.get $t) (local.get $ld)) (i32.const 2))))
+      (local.set $op (i32.add (local.get $out) (i32.shl (i32.mul (local.get $t) (local.get $I)) (i32.const 2))))
+      (local.set $i (i32.const 0))
+      (block $vd (loop $vl
+        (br_if $vd (i32.ge_u (local.get $i) (local.get $I4)))
+        (v128.store (local.get $op) ${one('(v128.load (local.get $gp))', '(v128.load (local.get $up))')})
+        (local.set $gp (i32.add (local.get $gp) (i32.const 16)))
+        (local.set $up (i32.add (local.get $up) (i32.const 16)))
+        (local.set $op (i32.add (local.get $op) (i32.const 16)))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $vl)))
+      (block $sd (loop $sl
+        (br_if $sd (i32.ge_u (local.get $i) (local.get $I)))
+        (f32.store (local.get $op) (f32x4.extract_lane 0 ${one('(f32x4.splat (f32.load (local.get $gp)))', '(f32x4.splat (f32.load (local.get $up)))')}))
+        (local.set $gp (i32.add (local.get $gp) (i32.const 4)))
+        (local.set $up (i32.add (local.get $up) (i32.const 4)))
+        (local.set $op (i32.add (local.get $op) (i32.const 4)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $sl)))
+      (local.set $t (i32.add (local.get $t) (i32.const 1)))
+      (br $tl)))
+  )`;
+};
+
+/**
  * The arithmetic probe: `n` rounds of 8 independent f32x4 multiply-add chains (no loads, no
  * dependencies between chains), i.e. 64 float32 operations a round: what one thread's SIMD
  * can do at best, in the variant that runs (separate multiply and add in baseline SIMD, one
@@ -527,6 +587,8 @@ function kernelsWat(relaxed: boolean): string {
   ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
   ${EXP}
   ${ATTEND()}
+  ${EXP4()}
+  ${SWIGLU()}
   ${FLOPS()}
   ${READ}
   ${NONFINITE}

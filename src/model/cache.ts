@@ -55,6 +55,9 @@ export interface LayerCache {
    * @returns the position of each of the S keys
    */
   updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[];
+  /** `updateInto` with the step's keys and values as arrays, [kvHeads, tokens, headDim] each. */
+  updateIntoArrays(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
+    into: ViewArrays): readonly number[];
   /**
    * Bytes of the keys and values held: 2 · 4 · kvHeads · rows in use · headDim. The arrays
    * behind them may be up to twice that (capacity doubles), never more than W rows.
@@ -96,7 +99,20 @@ abstract class KeyValueRows implements LayerCache {
   }
 
   updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
-    const step = this.read(k, v, positions);
+    return this.stepInto(this.read(k, v, positions), positions, into);
+  }
+
+  updateIntoArrays(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
+    into: ViewArrays): readonly number[] {
+    const tokens = positions.length;
+    if (k.length !== kvHeads * tokens * headDim || v.length !== k.length) {
+      throw new Error(`cache update: ${k.length} key and ${v.length} value floats for ${kvHeads} heads × ${tokens} tokens × ${headDim}`);
+    }
+    this.fixShape(kvHeads, headDim);
+    return this.stepInto({ tokens, k, v }, positions, into);
+  }
+
+  private stepInto(step: NewRows, positions: readonly number[], into: ViewArrays): readonly number[] {
     const seen = this.attended(positions);
     this.viewInto(step, into);
     this.store(step, positions);
@@ -121,13 +137,18 @@ abstract class KeyValueRows implements LayerCache {
     if (tokens !== positions.length || !tf.util.arraysEqual(v.shape, k.shape)) {
       throw new Error(`cache update: keys ${JSON.stringify(k.shape)}, values ${JSON.stringify(v.shape)} and ${positions.length} positions disagree`);
     }
+    this.fixShape(kvHeads, headDim);
+    return { tokens, k: float32(k), v: float32(v) };
+  }
+
+  /** The first step fixes kvHeads and headDim; later ones must match. */
+  private fixShape(kvHeads: number, headDim: number): void {
     if (this.capacity === 0) {
       this.kvHeads = kvHeads;
       this.headDim = headDim;
     } else if (kvHeads !== this.kvHeads || headDim !== this.headDim) {
       throw new Error(`cache update: keys of ${kvHeads} heads × ${headDim}, the cache holds ${this.kvHeads} × ${this.headDim}`);
     }
-    return { tokens, k: float32(k), v: float32(v) };
   }
 
   /** What the step attends to: rows 0 … rows − 1, then the step's own keys. O(rows + tokens). */

@@ -67,6 +67,8 @@ export function hookPoint<T extends tf.Tensor>(hooks: Hooks | undefined, t: T, n
  */
 export type HookScope = (<T extends tf.Tensor>(t: T, name: string) => T) & {
   readonly wants: (name: string) => boolean;
+  /** Whether any hook sees a point in this scope (false: its code may skip every hook point). */
+  readonly active: boolean;
   /** What the scope puts before names, e.g. `blocks.3.` (for messages). */
   readonly prefix: string;
 };
@@ -75,7 +77,8 @@ export function hookScope(hooks: Hooks | undefined, prefix: string, ctx: HookCon
   const scope = <T extends tf.Tensor>(t: T, name: string): T => hookPoint(hooks, t, prefix + name, ctx);
   const wants = (name: string) => hooks !== undefined &&
     (hooks.has(prefix + name) || (!isOptIn(name) && hooks.has('*')));
-  return Object.assign(scope, { wants, prefix });
+  const active = hooks !== undefined && (hooks.has('*') || [...hooks.keys()].some((k) => k.startsWith(prefix)));
+  return Object.assign(scope, { wants, prefix, active });
 }
 
 /** A scope with no hooks (model parts run on their own, e.g. an expert's SwiGLU). */

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../io/checkpoint.js';
-import { rmsNormFused } from '../kernels/fused.js';
+import { float32, rmsNormFused } from '../kernels/fused.js';
 import { linear, onSimdKernels, type KernelsName } from '../kernels/linear.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
@@ -17,6 +17,7 @@ import { tensorSource } from './layout.js';
 import { defaultExpertCacheBytes, storedStreamPlan, type Residency } from './residency.js';
 import { rmsNorm, rmsNormWithScale } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
+import { allFiniteArray, simdBlockFits, simdBlockInPlace } from './simd-block.js';
 import { validateTensors } from './schema.js';
 import { ModelWeights, type WeightOptions } from './weights.js';
 import { dtypeSize } from '../io/safetensors.js';
@@ -88,14 +89,14 @@ function allFinite(x: tf.Tensor): tf.Scalar {
  * Throws NonFiniteError when `logits` hold a NaN or ±Inf, naming the first layer whose
  * output did. One scalar is read back per forward; the per-layer flags only on failure.
  */
-function checkFinite(logits: tf.Tensor, layerFinite: readonly tf.Scalar[]): void {
+function checkFinite(logits: tf.Tensor, layerFinite: readonly (tf.Scalar | boolean)[]): void {
   const ok = allFinite(logits);
   try {
     if (ok.dataSync()[0] !== 0) return;
   } finally {
     ok.dispose();
   }
-  const layer = layerFinite.findIndex((f) => f.dataSync()[0] === 0);
+  const layer = layerFinite.findIndex((f) => (typeof f === 'boolean' ? !f : f.dataSync()[0] === 0));
   throw new NonFiniteError(layer < 0 ? null : layer);
 }
 
@@ -184,23 +185,46 @@ export class Transformer {
     const w = this.weights;
 
     const ctx: HookContext = { positions, ...(batchRow === undefined ? {} : { batch: batchRow }) };
-    let x = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx)); // [tokens, hidden]
+    const T = ids.length;
+    // The residual stream [tokens, hidden]: a tensor, or an array while layers that no hook
+    // watches run on the simd kernels one after another (no tfjs op between them).
+    let x: tf.Tensor2D | null = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx));
+    let xs: Float32Array | null = null;
     const rope = ropeTables(positions, c.headDim, c.ropeTheta);
     // Per layer, whether its output is all finite: a bool scalar computed where the
     // activations are and read only when the logits turn out non-finite (see checkFinite).
-    const finite: tf.Scalar[] = [];
+    const finite: (tf.Scalar | boolean)[] = [];
     try {
       for (let l = 0; l < c.numLayers; l++) {
-        const input = x;
-        x = tf.tidy(() => decoderBlock(input, w.layer(l), c, rope, positions, opts.cache?.layers[l] ?? null, hookScope(hooks, `blocks.${l}.`, ctx)));
+        const lw = w.layer(l);
+        const scope = hookScope(hooks, `blocks.${l}.`, ctx);
+        const cache = opts.cache?.layers[l] ?? null;
+        if (!scope.active && simdBlockFits(lw, c)) {
+          if (xs === null) {
+            xs = float32(x!).slice();
+            x!.dispose();
+            x = null;
+          }
+          simdBlockInPlace(xs, T, lw, c, rope, positions, cache);
+          finite.push(allFiniteArray(xs));
+        } else {
+          const input: tf.Tensor2D = x ?? tf.tensor2d(xs!, [T, c.hiddenSize]);
+          xs = null;
+          x = tf.tidy(() => decoderBlock(input, lw, c, rope, positions, cache, scope));
+          finite.push(allFinite(x));
+          input.dispose();
+        }
         w.releaseLayer(l);
-        finite.push(allFinite(x));
-        input.dispose();
       }
+      if (x === null) {
+        x = tf.tensor2d(xs!, [T, c.hiddenSize]);
+        xs = null;
+      }
+      const out = x;
       const logits = tf.tidy(() => {
         const top = hookScope(hooks, '', ctx);
         const scaleHook = top.wants('ln_final.hook_scale') ? (s: tf.Tensor2D) => top(s, 'ln_final.hook_scale') : undefined;
-        const normed = top(this.finalNorm(x, scaleHook), 'ln_final.hook_normalized');
+        const normed = top(this.finalNorm(out, scaleHook), 'ln_final.hook_normalized');
         const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
         return top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
       });
@@ -214,8 +238,8 @@ export class Transformer {
       if (opts.cache) opts.cache.length += ids.length;
       return { logits };
     } finally {
-      x.dispose();
-      tf.dispose([rope.cos, rope.sin, ...finite]);
+      x?.dispose();
+      tf.dispose([rope.cos, rope.sin, ...finite.filter((f): f is tf.Scalar => typeof f !== 'boolean')]);
     }
   }
 

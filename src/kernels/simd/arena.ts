@@ -23,6 +23,8 @@ export interface KernelExports {
   /** Fused attention over heads [h0, h1): see build-kernels.ts. */
   attend(q: number, k: number, v: number, z: number, qpos: number, kpos: number, T: number, S: number, H: number, KV: number,
     D: number, window: number, sqrtD: number, h0: number, h1: number): void;
+  /** out[t, i] = silu(g[t·ld + i]) · u[t·ld + i] for t < T, i < I (byte offsets; see build-kernels.ts). */
+  swiglu(g: number, u: number, out: number, T: number, I: number, ld: number): void;
   /** Folds n bytes from p into one value (the bandwidth probe). */
   read(p: number, n: number): number;
   /** n rounds of 64 float32 operations on registers (the arithmetic probe). */

@@ -90,3 +90,29 @@ function run(arena: Arena, m: StoredMatrix, x: Float32Array, n: number, r0: numb
   if (pool !== null) pool.run(arena, job);
   else runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
 }
+
+/** Whether `b` starts where `a` ends in the same arena, rows of the same width and type. */
+function follows(a: StoredMatrix, b: StoredMatrix): boolean {
+  return a.arena === b.arena && a.dtype === b.dtype && a.cols === b.cols && b.ptr === a.ptr + a.rows * a.cols * DTYPE_BYTES[a.dtype];
+}
+
+/**
+ * x · [W₀; W₁; …]ᵀ: the products of several weights with one input, side by side.
+ * Weights stored one after another (resident mode loads q, k, v and gate, up so) run as
+ * one product: one dispatch to the threads and one pass over x. Others run one by one.
+ * @param x [T, cols]
+ * @returns [T, Σ rows]: row t holds W₀'s outputs, then W₁'s, …
+ */
+export function matmulConcat(x: Float32Array, T: number, ms: readonly StoredMatrix[]): Float32Array {
+  const first = ms[0]!;
+  const rows = ms.reduce((n, m) => n + m.rows, 0);
+  if (ms.every((m, i) => i === 0 || follows(ms[i - 1]!, m))) return matmul(x, T, { ...first, rows });
+  const out = new Float32Array(T * rows);
+  let col = 0;
+  for (const m of ms) {
+    const part = matmul(x, T, m);
+    for (let t = 0; t < T; t++) out.set(part.subarray(t * m.rows, (t + 1) * m.rows), t * rows + col);
+    col += m.rows;
+  }
+  return out;
+}

@@ -1,0 +1,49 @@
+/**
+ * A growable kernel memory for activations only (no weights): the fused attention and the
+ * elementwise kernels copy their operands in, run, and copy the result out. Regions are
+ * carved afresh for every call (`reset`), so it stays as large as the largest call.
+ */
+import { growTo, kernelMemory, type KernelExports, type WasmMemory } from './arena.js';
+import type { KernelMemory } from './pool.js';
+
+export class Workspace implements KernelMemory {
+  private mem: WasmMemory | null = null;
+  private instance: KernelExports | null = null;
+  private top = 0;
+
+  get memory(): WasmMemory {
+    return this.mem!;
+  }
+
+  get kernels(): KernelExports {
+    return this.instance!;
+  }
+
+  /** No job on a workspace widens weights. */
+  widenScratch(): number {
+    return 0;
+  }
+
+  /** Starts a call: every earlier region is free again. */
+  reset(): void {
+    if (this.mem === null) ({ memory: this.mem, kernels: this.instance } = kernelMemory(2 ** 20));
+    this.top = 0;
+  }
+
+  /** A region of `bytes` bytes (64-aligned); its byte offset. */
+  alloc(bytes: number): number {
+    const start = Math.ceil(this.top / 64) * 64;
+    this.top = start + bytes;
+    growTo(this.memory, this.top);
+    return start;
+  }
+
+  /** A float32 view (make views after every alloc: growing detaches earlier ones). */
+  f32(ptr: number, n: number): Float32Array {
+    return new Float32Array(this.memory.buffer, ptr, n);
+  }
+
+  i32(ptr: number, n: number): Int32Array {
+    return new Int32Array(this.memory.buffer, ptr, n);
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * The decoder layer of block.ts on the simd kernels, as one function over the residual
+ * stream as a Float32Array: what the forward runs (transformer.ts) for a layer whose
+ * projections are all stored ones and that no hook watches. Same steps, same float32
+ * roundings as block.ts with its fused steps; what differs is where the data lives: no
+ * tfjs op within or between such layers (for a hidden-512 decode step their bookkeeping
+ * was a third of the time), q|k|v and gate|up each one product when their weights lie one
+ * after the other (resident mode loads them so), and SwiGLU's gate in a wasm kernel.
+ * Tested against the composite path (test/simd-block.test.ts).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { float32, rmsNormInto, ropeInPlace } from '../kernels/fused.js';
+import type { Linear, StoredLinear } from '../kernels/linear.js';
+import { fusedAttention } from '../kernels/simd/attention.js';
+import { swigluKernel } from '../kernels/simd/elementwise.js';
+import { matmul, matmulConcat } from '../kernels/simd/matmul.js';
+import type { LayerCache } from './cache.js';
+import type { ModelConfig } from './config.js';
+import { NO_HOOKS } from './hooks.js';
+import { mixtureOfExperts } from './moe.js';
+import type { RopeTables } from './rope.js';
+import type { LayerWeights } from './weights.js';
+
+const stored = (l: Linear | undefined): l is StoredLinear => l?.kind === 'stored';
+
+/** Whether simdBlock serves this layer: its projections are stored ones and the fused attention takes its heads. */
+export function simdBlockFits(w: LayerWeights, cfg: ModelConfig): boolean {
+  const { q, k, v, o } = w.attn;
+  return cfg.headDim % 4 === 0 && [q, k, v, o].every(stored) &&
+    (w.mlp === undefined || [w.mlp.gate, w.mlp.up, w.mlp.down].every(stored));
+}
+
+/** Norm weights as arrays, read once per tensor. */
+const normData = new WeakMap<tf.Tensor, Float32Array>();
+
+function normArray(t: tf.Tensor1D): Float32Array {
+  let a = normData.get(t);
+  if (a === undefined) normData.set(t, (a = float32(t).slice()));
+  return a;
+}
+
+/**
+ * mid = x + attention(rmsNorm(x)); out = mid + ffn(rmsNorm(mid)), as decoderBlock, on the
+ * residual stream in place.
+ * @param resid [tokens, hidden]
+ */
+export function simdBlockInPlace(resid: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
+  positions: readonly number[], cache: LayerCache | null): void {
+  const H = cfg.hiddenSize;
+  const normed = new Float32Array(T * H);
+  rmsNormInto(resid, T, H, normArray(w.inputNorm), cfg.rmsNormEps, normed);
+  addInto(resid, attentionPart(normed, T, w, cfg, rope, positions, cache));
+  rmsNormInto(resid, T, H, normArray(w.postNorm), cfg.rmsNormEps, normed);
+  if (w.mlp !== undefined) {
+    const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
+    const I = gate.outFeatures;
+    const gu = matmulConcat(normed, T, [gate.matrix, up.matrix]); // [tokens, 2·inter]: gate | up
+    addInto(resid, matmul(swigluKernel(gu, gu, T, I, 0, I, 2 * I), T, down.matrix));
+  } else {
+    const moe = tf.tidy(() => mixtureOfExperts(tf.tensor2d(normed, [T, H]), w.moe!, cfg.numExpertsPerTok!, NO_HOOKS));
+    addInto(resid, float32(moe));
+    moe.dispose();
+  }
+}
+
+/** Whether every value is finite (x·0 is 0 for those, NaN for ±Inf and NaN). */
+export function allFiniteArray(x: Float32Array): boolean {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]! * 0;
+  return s === 0;
+}
+
+/**
+ * Rotated q and k, the cache update and the fused attention, then o_proj.
+ * @param x [tokens, hidden], normalised
+ * @returns [tokens, hidden]
+ */
+function attentionPart(x: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
+  positions: readonly number[], cache: LayerCache | null): Float32Array {
+  const { numHeads: NH, numKvHeads: KV, headDim: D } = cfg;
+  const { q, k, v, o } = w.attn as { q: StoredLinear; k: StoredLinear; v: StoredLinear; o: StoredLinear };
+  const qkv = matmulConcat(x, T, [q.matrix, k.matrix, v.matrix]); // [tokens, (heads + 2·kvHeads)·headDim]
+  const stride = (NH + 2 * KV) * D;
+  ropeInPlace(qkv, T, NH, D, rope.cosData, rope.sinData, stride, 0);
+  ropeInPlace(qkv, T, KV, D, rope.cosData, rope.sinData, stride, NH * D);
+  const qs = new Float32Array(T * NH * D); // [tokens, heads, headDim]
+  const ks = new Float32Array(KV * T * D); // [kvHeads, tokens, headDim]: the cache's order
+  const vs = new Float32Array(KV * T * D);
+  for (let t = 0; t < T; t++) {
+    const row = t * stride;
+    qs.set(qkv.subarray(row, row + NH * D), t * NH * D);
+    for (let g = 0; g < KV; g++) {
+      ks.set(qkv.subarray(row + (NH + g) * D, row + (NH + g + 1) * D), (g * T + t) * D);
+      vs.set(qkv.subarray(row + (NH + KV + g) * D, row + (NH + KV + g + 1) * D), (g * T + t) * D);
+    }
+  }
+  const shape = { heads: NH, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
+  const z = fusedAttention(qs, positions, shape, (into) => {
+    if (cache !== null) return cache.updateIntoArrays(ks, vs, KV, D, positions, into);
+    const a = into(T);
+    a.k.set(ks);
+    a.v.set(vs);
+    return positions;
+  });
+  return matmul(z, T, o.matrix);
+}
+
+/** resid += d, rounded to float32 as tf.add rounds. */
+function addInto(resid: Float32Array, d: Float32Array): void {
+  for (let i = 0; i < resid.length; i++) resid[i] = resid[i]! + d[i]!;
+}
