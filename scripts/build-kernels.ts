@@ -462,11 +462,13 @@ const ATTEND = () => `
  * |r| ≤ ln2/2, e^r by its Taylor series to r^7 (truncation < 6e-9 relative), times 2^n
  * built in the exponent bits. x is clamped to [−87.3, 88.7] first, so 2^n stays a normal
  * float: e^x below e^−87.3 comes out as ≈ 1e−38 instead of a subnormal, which every caller
- * adds to 1 or multiplies away. NaN stays NaN (min and max propagate it).
+ * adds to 1 or multiplies away; above 88.72 (where float32 e^x overflows) it is +Inf, as
+ * Math.exp rounded to float32 gives. NaN stays NaN (min and max propagate it).
  */
 const EXP4 = () => `
   (func $exp4 (param $x v128) (result v128)
-    (local $n v128) (local $r v128) (local $p v128)
+    (local $n v128) (local $r v128) (local $p v128) (local $big v128)
+    (local.set $big (f32x4.gt (local.get $x) (f32x4.splat (f32.const 88.72284))))
     (local.set $x (f32x4.max (f32x4.min (local.get $x) (f32x4.splat (f32.const 88.7))) (f32x4.splat (f32.const -87.3))))
     (local.set $n (f32x4.nearest (f32x4.mul (local.get $x) (f32x4.splat (f32.const 1.44269504)))))
     (local.set $r (f32x4.sub (f32x4.sub (local.get $x) (f32x4.mul (local.get $n) (f32x4.splat (f32.const 0.693145751953125))))
@@ -474,7 +476,9 @@ const EXP4 = () => `
     (local.set $p (f32x4.splat (f32.const 1.984126984126984e-4)))
     ${[1.388888888888889e-3, 8.333333333333333e-3, 4.1666666666666664e-2, 0.16666666666666666, 0.5, 1, 1]
       .map((c) => `(local.set $p ${madd('(local.get $p)', '(local.get $r)', `(f32x4.splat (f32.const ${c}))`)})`).join('\n    ')}
-    (f32x4.mul (local.get $p) (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (i32x4.splat (i32.const 127))) (i32.const 23)))
+    (v128.bitselect (f32x4.splat (f32.const inf))
+      (f32x4.mul (local.get $p) (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (i32x4.splat (i32.const 127))) (i32.const 23)))
+      (local.get $big))
   )`;
 
 /**

@@ -156,8 +156,8 @@ describe('2: activations that overflow stop with a typed error naming the first 
   // Finite weights whose products overflow float32 in layer 2's MLP.
   poke(path.join(dir, 'model.safetensors'), 'model.layers.2.mlp.down_proj.weight', (n) => Array.from({ length: n }, (_, i): [number, number] => [i, 3e38]));
 
-  it('Transformer.forward throws NonFiniteError(layer 2) and leaks nothing', () => {
-    const model = Transformer.load(dir);
+  it.each(['eager', 'resident'] as const)('Transformer.forward (%s weights) throws NonFiniteError(layer 2) and leaks nothing', (weights) => {
+    const model = Transformer.load(dir, { weights });
     try {
       const before = tf.memory().numTensors;
       let caught: unknown;
