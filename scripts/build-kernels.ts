@@ -482,8 +482,9 @@ const storeMax = (v: string, hs: string) => `(local.set $x0 (f32x4.pmax (local.g
  * load serves hp heads, each p (a splat) dc chunks. Then z = z·c + acc, c being the head's
  * rescale factor for the block. Advances $d over the chunks it covers, while `dc` fit. One
  * key per loop test, so a basic block's loads (dc + hp) and accumulators fit in registers.
+ * `touchable`: a second copy of the key loop that also touches rows ahead, run when $touch.
  */
-function blockMix(hp: number, dc: number): string {
+function blockMix(hp: number, dc: number, touchable: boolean): string {
   const heads = Array.from({ length: hp }, (_, i) => i);
   const chunks = Array.from({ length: dc }, (_, i) => i);
   const acc = (h: number, c: number) => `$c${h * dc + c}`;
@@ -496,17 +497,21 @@ function blockMix(hp: number, dc: number): string {
     : `${chunks.map((c) => `(local.set $v${c} (v128.load offset=${16 * c} (local.get $r0)))`).join(' ')}
           ${heads.map((h) => `(local.set $x0 ${splat(h)})
           ${chunks.map((c) => `(local.set ${acc(h, c)} ${madd(`(local.get $v${c})`, '(local.get $x0)', `(local.get ${acc(h, c)})`)})`).join(' ')}`).join('\n          ')}`;
+  // With touch, a load a key from the next block's key and value rows (see ATTEND).
+  const keys = (touch: boolean) => `(block $kd${L}${touch} (loop $kl${L}${touch}
+          (br_if $kd${L}${touch} (i32.ge_u (local.get $i) (local.get $nb)))
+          (local.set $r0 (i32.add (local.get $base) (i32.load (i32.add (local.get $list) (local.get $i)))))
+          ${key}
+          ${touch ? `(local.set $tv (v128.or (local.get $tv) (v128.or (v128.load (local.get $tk)) (v128.load (i32.add (local.get $tk) (local.get $vk))))))
+          (local.set $tk (select (i32.add (local.get $tk) (i32.const 64)) (local.get $tk) (i32.lt_u (i32.add (local.get $tk) (i32.const 64)) (local.get $tend))))` : ''}
+          (local.set $i (i32.add (local.get $i) (i32.const 4)))
+          (br $kl${L}${touch})))`;
   return `(block $md${L} (loop $ml${L}
         (br_if $md${L} (i32.gt_u (i32.add (local.get $d) (i32.const ${16 * dc})) (local.get $Db)))
         ${heads.flatMap((h) => chunks.map((c) => `(local.set ${acc(h, c)} (v128.const i32x4 0 0 0 0))`)).join(' ')}
         (local.set $i (i32.const 0))
         (local.set $base (i32.add (local.get $vh) (local.get $d)))
-        (block $kd${L} (loop $kl${L}
-          (br_if $kd${L} (i32.ge_u (local.get $i) (local.get $nb)))
-          (local.set $r0 (i32.add (local.get $base) (i32.load (i32.add (local.get $list) (local.get $i)))))
-          ${key}
-          (local.set $i (i32.add (local.get $i) (i32.const 4)))
-          (br $kl${L})))
+        ${touchable ? `(if (local.get $touch) (then ${keys(true)}) (else ${keys(false)}))` : keys(false)}
         ${heads.map((h) => `(local.set $x0 (v128.load32_splat offset=${16 * h + 4} (local.get $hs)))
         (local.set $r0 (i32.add (i32.add (local.get $zrow) (i32.mul (local.get $Db) (i32.const ${h}))) (local.get $d)))
         ${chunks.map((c) => `(v128.store offset=${16 * c} (local.get $r0) ${madd(`(v128.load offset=${16 * c} (local.get $r0))`, '(local.get $x0)', `(local.get ${acc(h, c)})`)})`).join(' ')}`).join('\n        ')}
@@ -519,8 +524,8 @@ const mixHeads = (hp: number) => `(local.set $zrow (i32.add (local.get $z0) (i32
       (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
       ${Array.from({ length: hp }, (_, i) => `(local.set $p${i} (i32.add (local.get $ps) (i32.mul (i32.add (local.get $h) (i32.const ${i})) (local.get $PB))))`).join('\n      ')}
       (local.set $d (i32.const 0))
-      ${blockMix(hp, 8 / hp)}
-      ${blockMix(hp, 1)}
+      ${blockMix(hp, 8 / hp, true)}
+      ${blockMix(hp, 1, false)}
       (local.set $h (i32.add (local.get $h) (i32.const ${hp})))`;
 
 /**
@@ -544,7 +549,9 @@ const mixHeads = (hp: number) => `(local.set $zrow (i32.add (local.get $z0) (i32
  * A unit goes over the keys it sees in blocks of B (a multiple of 4): their row offsets
  * gathered into a list, each head's scores for the block, the block max, the running max
  * and sum updated once per block, float32 exps four at a time, then z = z·c + p·v with the
- * new terms summed in registers across the block's keys. The running sum is float64.
+ * new terms summed in registers across the block's keys. The running sum is float64. Past
+ * 8 MiB of keys and values, z's loop also loads a line a key from the next B slots' rows,
+ * so they arrive from memory while this block computes (wasm has no prefetch).
  *
  * `scratch`, this thread's own, 4·(B + 4) + 4·B·G + 16·G bytes, 16-aligned: the list of B
  * row offsets (+ padding to a multiple of 4), each head's scores, then weights, for the
@@ -561,7 +568,7 @@ const ATTEND = () => `
     (local $h i32) (local $d i32) (local $lp i32) (local $pp i32) (local $pp1 i32) (local $pend i32)
     (local $qrow i32) (local $qrow1 i32) (local $qa i32) (local $qb i32) (local $rend i32) (local $zrow i32) (local $hs i32) (local $base i32)
     (local $r0 i32) (local $r1 i32) (local $r2 i32) (local $r3 i32) (local $p0 i32) (local $p1 i32) (local $p2 i32) (local $p3 i32)
-    (local $m f32) (local $mn f32) (local $c f32) (local $exact i32) (local $isq v128)
+    (local $m f32) (local $mn f32) (local $c f32) (local $tk i32) (local $tend i32) (local $vk i32) (local $tv v128) (local $touch i32) (local $exact i32) (local $isq v128)
     (local $sq v128) (local $lo4 v128) (local $hi4 v128) (local $n4 v128) (local $idx v128) (local $s v128) (local $s1 v128)
     (local $mx v128) (local $my v128) (local $sum v128) (local $x0 v128) (local $x1 v128) (local $en v128) (local $er v128) (local $cv v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
@@ -573,6 +580,11 @@ const ATTEND = () => `
     (local.set $ps (i32.add (local.get $list) (i32.add (local.get $PB) (i32.const 16))))
     (local.set $st (i32.add (local.get $ps) (i32.mul (local.get $PB) (local.get $G))))
     (local.set $sq (f32x4.splat (local.get $sqrtD)))
+    (local.set $vk (i32.sub (local.get $v) (local.get $k)))
+    ;; Keys and values past 8 MiB (long decodes of wide models) likely come from memory, where
+    ;; the prefetchers fall behind a block's 4-row and strided reads: touch the next block's rows
+    ;; ahead (7B, 4096 keys: 1.5× faster). Below, they are in cache and touching only costs.
+    (local.set $touch (i32.gt_u (i32.mul (i32.mul (local.get $KV) (local.get $S)) (local.get $Db)) (i32.const 0x400000)))
     ;; √D a power of two (D = 4, 16, 64, 256, …): its reciprocal is exact
     (local.set $exact (i32.eqz (i32.and (i32.reinterpret_f32 (local.get $sqrtD)) (i32.const 0x7fffff))))
     (local.set $isq (f32x4.splat (f32.div (f32.const 1) (local.get $sqrtD))))
@@ -639,6 +651,11 @@ const ATTEND = () => `
         (i32.store offset=4 (local.get $lp) (local.get $kp))
         (i32.store offset=8 (local.get $lp) (local.get $kp))
         (local.set $n4 (i32x4.splat (local.get $n)))
+        ;; touch-ahead: the next B slots' key and value rows, a line per key of z's loop
+        (local.set $tk (i32.add (local.get $kh) (local.get $jr)))
+        (local.set $tend (i32.add (local.get $kh) (select (i32.mul (local.get $S) (local.get $Db)) (i32.add (local.get $jr) (i32.mul (local.get $B) (local.get $Db)))
+          (i32.gt_u (i32.add (local.get $jr) (i32.mul (local.get $B) (local.get $Db))) (i32.mul (local.get $S) (local.get $Db))))))
+        (if (i32.ge_u (local.get $tk) (local.get $tend)) (then (local.set $tk (local.get $kh)) (local.set $tend (i32.add (local.get $kh) (i32.const 64)))))
 
         ;; scores of each head, two heads at a time (each key row loaded once for both), and their block max
         (local.set $h (i32.const 0))
@@ -715,6 +732,7 @@ const ATTEND = () => `
         (br $nl)))
       (local.set $u (i32.add (local.get $u) (i32.const 1)))
       (br $ul)))
+    (v128.store (local.get $scratch) (local.get $tv))
   )`;
 
 /**

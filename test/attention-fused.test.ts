@@ -195,6 +195,12 @@ describe('fusedAttention', () => {
     expectClose(c);
   });
 
+  it.each([[8, 8, 128, 1100], [12, 2, 128, 4200]])('over 8 MiB of keys and values (the kernel touches rows ahead): H = %i, KV = %i, D = %i, S = %i', (H, KV, D, S) => {
+    const c = randomCase(H, KV, D, null, [S - 1, S - 2], Array.from({ length: S }, (_, j) => (j * 13) % S), 61);
+    c.q.forEach((x, i) => { c.q[i] = 4 * x; });
+    expectClose(c);
+  });
+
   describe('threads', () => {
     afterAll(() => {
       setParallelThreshold(2 ** 17);
