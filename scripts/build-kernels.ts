@@ -414,7 +414,8 @@ const KEYS4 = [0, 1, 2, 3];
  * with one head, $a over even 4-float chunks of D and $b over odd ones), summed across lanes
  * by a 4×4 transpose into one vector of four scores, divided by √D, stored at $pp (and
  * $pp1); each head's block max kept in $mx (and $my). The list's padding past n repeats its
- * first key, so padded lanes repeat a real score and leave the max as it is.
+ * first key, so padded lanes repeat a real score and leave the max as it is (they become
+ * −∞ before the exps).
  *
  * TurboFan issues all of a basic block's loads at its start, so a block holds at most 8
  * accumulators and 6 loaded vectors (more spill): two chunks of D per iteration with a
@@ -569,7 +570,7 @@ const ATTEND = () => `
     (local $qrow i32) (local $qrow1 i32) (local $qa i32) (local $qb i32) (local $rend i32) (local $zrow i32) (local $hs i32) (local $base i32)
     (local $r0 i32) (local $r1 i32) (local $r2 i32) (local $r3 i32) (local $p0 i32) (local $p1 i32) (local $p2 i32) (local $p3 i32)
     (local $m f32) (local $mn f32) (local $c f32) (local $tk i32) (local $tend i32) (local $vk i32) (local $tv v128) (local $touch i32) (local $exact i32) (local $isq v128)
-    (local $sq v128) (local $lo4 v128) (local $hi4 v128) (local $n4 v128) (local $idx v128) (local $s v128) (local $s1 v128)
+    (local $sq v128) (local $lo4 v128) (local $hi4 v128) (local $s v128) (local $s1 v128)
     (local $mx v128) (local $my v128) (local $sum v128) (local $x0 v128) (local $x1 v128) (local $en v128) (local $er v128) (local $cv v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
     ${Array.from({ length: 8 }, (_, i) => `(local $c${i} v128)`).join(' ')} ${Array.from({ length: 4 }, (_, i) => `(local $v${i} v128)`).join(' ')}
@@ -650,7 +651,6 @@ const ATTEND = () => `
         (i32.store (local.get $lp) (local.get $kp))
         (i32.store offset=4 (local.get $lp) (local.get $kp))
         (i32.store offset=8 (local.get $lp) (local.get $kp))
-        (local.set $n4 (i32x4.splat (local.get $n)))
         ;; touch-ahead: the next B slots' key and value rows, a line per key of z's loop
         (local.set $tk (i32.add (local.get $kh) (local.get $jr)))
         (local.set $tend (i32.add (local.get $kh) (select (i32.mul (local.get $S) (local.get $Db)) (i32.add (local.get $jr) (i32.mul (local.get $B) (local.get $Db)))
@@ -684,6 +684,14 @@ const ATTEND = () => `
         (local.set $h (i32.const 0))
         (block $ed (loop $el
           (br_if $ed (i32.ge_u (local.get $h) (local.get $G)))
+          ;; the padding's scores (its max counted already) become −∞: weight 0, out of the sum
+          (local.set $pp (i32.add (local.get $ps) (i32.mul (local.get $h) (local.get $PB))))
+          (local.set $i (local.get $nb))
+          (block $xd (loop $xl
+            (br_if $xd (i32.ge_u (i32.add (local.get $list) (local.get $i)) (local.get $lend4)))
+            (f32.store (i32.add (local.get $pp) (local.get $i)) (f32.const -inf))
+            (local.set $i (i32.add (local.get $i) (i32.const 4)))
+            (br $xl)))
           (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
           (local.set $m (f32.load (local.get $hs)))
           (local.set $mn (f32x4.extract_lane 0 (f32x4.pmax (f32x4.splat (local.get $m)) (v128.load32_splat offset=4 (local.get $hs)))))
@@ -693,16 +701,13 @@ const ATTEND = () => `
           (f32.store offset=4 (local.get $hs) (local.get $c))
           (local.set $x1 (f32x4.splat (local.get $mn)))
           (local.set $sum (v128.const i32x4 0 0 0 0))
-          (local.set $idx (v128.const i32x4 0 1 2 3))
           (local.set $pp (i32.add (local.get $ps) (i32.mul (local.get $h) (local.get $PB))))
           (local.set $pend (i32.add (local.get $pp) (i32.sub (local.get $lend4) (local.get $list))))
           (block $pd (loop $pl
             (br_if $pd (i32.ge_u (local.get $pp) (local.get $pend)))
             ${exp4('(f32x4.sub (v128.load (local.get $pp)) (local.get $x1))', '$s')}
             (v128.store (local.get $pp) (local.get $s))
-            ;; the padding's weights (lanes past n) stay out of the sum; z's loop stops at n
-            (local.set $sum (f32x4.add (local.get $sum) (v128.and (local.get $s) (i32x4.lt_s (local.get $idx) (local.get $n4)))))
-            (local.set $idx (i32x4.add (local.get $idx) (v128.const i32x4 4 4 4 4)))
+            (local.set $sum (f32x4.add (local.get $sum) (local.get $s)))
             (local.set $pp (i32.add (local.get $pp) (i32.const 16)))
             (br $pl)))
           (f64.store offset=8 (local.get $hs) (f64.add (f64.mul (f64.load offset=8 (local.get $hs)) (f64.promote_f32 (local.get $c)))
