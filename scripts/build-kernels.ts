@@ -388,11 +388,15 @@ const exp4 = (x: string, out: string) => `(local.set $er (f32x4.pmax ${x} ${f4(-
       ;; 2^n: n + 127 into the exponent field (the MAGIC bits above it shift out)
       (local.set ${out} (f32x4.mul (local.get ${out}) (i32x4.shl (i32x4.add (local.get $en) (v128.const i32x4 127 127 127 127)) (i32.const 23))))`;
 
-/** exp4 as a function, for the once-a-block rescale factors. */
+/** exp4 as a function, for the once-a-block rescale factors; exp_f32, one lane of it, for the tests. */
 const EXP = `
   (func $exp4 (param $x v128) (result v128) (local $en v128) (local $er v128)
     ${exp4('(local.get $x)', '$x')}
     (local.get $x)
+  )
+  ;; One lane of $exp4, for the tests.
+  (func $exp_f32 (export "exp_f32") (param $x f32) (result f32)
+    (f32x4.extract_lane 0 (call $exp4 (f32x4.splat (local.get $x))))
   )`;
 
 /** A loop over one head's D floats, four at a time: `$d` walks the bytes [0, $Db); `L` names its labels. */

@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { generate } from '../src/generate/index.js';
 import { useBackend } from '../src/kernels/backend.js';
+import { kernelMemory } from '../src/kernels/simd/arena.js';
 import { fusedAttention } from '../src/kernels/simd/attention.js';
 import { closeKernelPool, defaultThreads, setParallelThreshold, setThreads } from '../src/kernels/simd/pool.js';
 import type { Hooks } from '../src/model/hooks.js';
@@ -107,6 +108,31 @@ function expectClose(c: Case): void {
   expect(z.length).toBe(want.length);
   expect(maxDiff(z, want)).toBeLessThan(1e-6);
 }
+
+describe('the float32 exp inside the kernel', () => {
+  it('is within 1.5 ulp of e^x on [−87, 0], 1 at 0, 0 from −88 down and for −∞, NaN for NaN', () => {
+    const { exp_f32: exp } = kernelMemory(65536).kernels;
+    const bits = new Uint32Array(1);
+    const f = new Float32Array(bits.buffer);
+    /** The float32 spacing above y. */
+    const ulp = (y: number) => {
+      f[0] = y;
+      bits[0]! += 1;
+      return f[0]! - y;
+    };
+    let worst = 0;
+    for (let i = 0; i <= 100_000; i++) {
+      const x = Math.fround(-87 * (i / 100_000) ** 1.5); // denser near 0, where softmax weights live
+      const want = Math.exp(x);
+      worst = Math.max(worst, Math.abs(exp(x) - want) / ulp(Math.fround(want)));
+    }
+    expect(worst).toBeLessThan(1.5);
+    expect(exp(0)).toBe(1);
+    expect(exp(-0)).toBe(1);
+    for (const x of [-88, -100, -1e30, -Infinity]) expect(exp(x)).toBe(0);
+    expect(exp(NaN)).toBeNaN();
+  });
+});
 
 describe('fusedAttention', () => {
   it('matches a float64 softmax(q·kᵀ/√D)·v with the causal window, over arbitrary key order and empty slots', () => {

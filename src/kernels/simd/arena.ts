@@ -23,6 +23,8 @@ export interface KernelExports {
   /** Fused attention over units (token, kv head) [u0, u1), in blocks of `block` keys: see build-kernels.ts. */
   attend(q: number, k: number, v: number, z: number, qpos: number, kpos: number, T: number, S: number, H: number, KV: number,
     D: number, window: number, sqrtD: number, block: number, u0: number, u1: number, scratch: number): void;
+  /** attend's float32 e^x (x ≤ 0), one lane: for the tests. */
+  exp_f32(x: number): number;
   /** Folds n bytes from p into one value (the bandwidth probe). */
   read(p: number, n: number): number;
   /** n rounds of 64 float32 operations on registers (the arithmetic probe). */
