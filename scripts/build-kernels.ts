@@ -699,8 +699,10 @@ const ATTEND = () => `
           (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
           (local.set $m (f32.load (local.get $hs)))
           (local.set $mn (f32x4.extract_lane 0 (f32x4.pmax (f32x4.splat (local.get $m)) (v128.load32_splat offset=4 (local.get $hs)))))
-          ;; e^(old max − new max): 1 when the max holds, 0 on the first block (old max −∞)
-          (local.set $c (f32x4.extract_lane 0 (call $exp4 (f32x4.splat (f32.sub (local.get $m) (local.get $mn))))))
+          ;; e^(old max − new max): 1 when the max holds (no call), 0 on the first block (old max −∞)
+          (local.set $c (f32.const 1))
+          (if (f32.gt (local.get $mn) (local.get $m)) (then
+            (local.set $c (f32x4.extract_lane 0 (call $exp4 (f32x4.splat (f32.sub (local.get $m) (local.get $mn))))))))
           (f32.store (local.get $hs) (local.get $mn))
           (f32.store offset=4 (local.get $hs) (local.get $c))
           (local.set $x1 (f32x4.splat (local.get $mn)))
