@@ -69,10 +69,11 @@ for (const { name, shape } of SHAPES) {
     });
     for (const n of threads) {
       setThreads(n);
-      // Warm-up: at least 3 calls and 200 ms (compilation, the pool's start, the workspace's growth).
+      // Warm-up: at least 3 calls and 500 ms (V8 tiering the kernel up to TurboFan, the pool's
+      // start, the workspace's growth).
       const warm = performance.now();
       let calls = 0;
-      for (; calls < 3 || performance.now() - warm < 200; calls++) call();
+      for (; calls < 3 || performance.now() - warm < 500; calls++) call();
       // A sample is enough calls for ~20 ms, so that short calls are not lost in the timer's noise.
       const reps = Math.max(1, Math.round(20 / ((performance.now() - warm) / calls)));
       const times: number[] = [];
