@@ -544,8 +544,8 @@ const mixHeads = (hp: number) => `(local.set $zrow (i32.add (local.get $z0) (i32
  * multiple of 4.
  *
  * Work comes in units: a query token and a kv head, i.e. the G = H / KV query heads that
- * share the kv head, so each key and value row is loaded once for the G of them (twice for
- * the scores, which take two heads at a time). Units [u0, u1) only (a thread's share): unit
+ * share the kv head, so a row is loaded for several of them at once: a key row once per two
+ * heads (scores), a value row once per four (z). Units [u0, u1) only (a thread's share): unit
  * u is kv head u mod KV of the token at place ⌊u / KV⌋ in the order 0, T−1, 1, T−2, …
  * (under a causal mask a run of consecutive units then costs about as much as any other of
  * its length). A unit is computed the same way whichever thread computes it, so results do
