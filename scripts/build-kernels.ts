@@ -357,37 +357,48 @@ const HALF = `
   )`;
 
 
-/**
- * exp(x) for x ≤ 0 in float64 (softmax terms after subtracting the running max): x = n·ln2 + r,
- * |r| ≤ ln2/2, e^r by its Taylor series to r^9 (relative error < 1e-11), times 2^n built
- * from the exponent bits. Below −745 the result is 0.
- */
-const EXP = `
-  (func $exp (param $x f64) (result f64)
-    (local $n f64) (local $r f64) (local $p f64)
-    (if (f64.ne (local.get $x) (local.get $x)) (then (return (local.get $x)))) ;; NaN in, NaN out (no trapping conversion)
-    (if (f64.lt (local.get $x) (f64.const -745)) (then (return (f64.const 0))))
-    (local.set $n (f64.nearest (f64.mul (local.get $x) (f64.const 1.4426950408889634))))
-    (local.set $r (f64.sub (f64.sub (local.get $x) (f64.mul (local.get $n) (f64.const 0.6931471803691238)))
-      (f64.mul (local.get $n) (f64.const 1.9082149292705877e-10))))
-    (local.set $p (f64.const 2.7557319223985893e-6))
-    ${[2.48015873015873e-5, 1.984126984126984e-4, 1.388888888888889e-3, 8.333333333333333e-3, 4.1666666666666664e-2, 0.16666666666666666, 0.5, 1, 1]
-      .map((c) => `(local.set $p (f64.add (f64.mul (local.get $p) (local.get $r)) (f64.const ${c})))`).join('\n    ')}
-    ;; 2^n: n ≥ −1075 here; subnormal scales come out as 0, which is what softmax wants
-    (if (f64.lt (local.get $n) (f64.const -1022)) (then (return (f64.const 0))))
-    (f64.mul (local.get $p) (f64.reinterpret_i64 (i64.shl (i64.add (i64.trunc_f64_s (local.get $n)) (i64.const 1023)) (i64.const 52))))
-  )`;
+/** Four float32 lanes of `c`, as a v128 constant. */
+const f4 = (c: number) => {
+  const t = c === -Infinity ? '-inf' : String(c);
+  return `(v128.const f32x4 ${t} ${t} ${t} ${t})`;
+};
+/** ln 2 in two parts: the first has 9 significant bits, so n·LN2_HI is exact for |n| < 2^15. */
+const LN2_HI = 0.693359375;
+const LN2_LO = Math.LN2 - LN2_HI;
+
+/** 1.5·2^23: x + MAGIC rounds x to an integer n (|n| < 2^22) held in the float's low mantissa bits. */
+const MAGIC = 12582912;
 
 /**
- * Causal sliding-window attention with grouped-query heads, one query at a time, in one
- * pass over the keys (online softmax: a running max and sum, the output rescaled when the
- * max grows), so no [tokens, keys] score matrix exists.
- *
- * q, z: [T, H, D] f32; k, v: [KV, S, D] f32; qpos [T] and kpos [S] i32 absolute positions
- * (kpos < 0: an empty slot). Query t, head h sees key j of kv head h / (H / KV) iff
- * 0 ≤ kpos[j] ≤ qpos[t] and (window = 0 or kpos[j] > qpos[t] − window). Heads [h0, h1) only
- * (a thread's share). D must be a multiple of 4.
+ * exp(x) for the four float32 lanes of `x` (an expression), x ≤ 0 (softmax terms after
+ * subtracting the running max), into the v128 local `out`; uses the v128 locals $en, $er.
+ * x = n·ln2 + r with |r| ≤ ln2/2 (n rounded by adding MAGIC, whose bits then give 2^n), e^r
+ * by its Taylor series to r^7 (truncation < 1e-8 relative, under float32's rounding: ~1-2
+ * ulp in all), times 2^n from exponent bits. x is clamped at −88 first: there n = −127 and
+ * the 2^n bits are those of 0, so the result is 0 from about −87.7 down (e^−87.7 ≈ 1e-38
+ * weighs nothing in a softmax), and −∞ (a masked key) gives 0 without an ∞·0. NaN stays
+ * NaN (pmax keeps its first operand when the comparison fails).
  */
+const exp4 = (x: string, out: string) => `(local.set $er (f32x4.pmax ${x} ${f4(-88)}))
+      (local.set $en ${madd('(local.get $er)', f4(Math.LOG2E), f4(MAGIC))})
+      (local.set ${out} (f32x4.sub (local.get $en) ${f4(MAGIC)}))
+      (local.set $er (f32x4.sub (f32x4.sub (local.get $er) (f32x4.mul (local.get ${out}) ${f4(LN2_HI)})) (f32x4.mul (local.get ${out}) ${f4(LN2_LO)})))
+      (local.set ${out} ${f4(1 / 5040)})
+      ${[1 / 720, 1 / 120, 1 / 24, 1 / 6, 0.5, 1, 1].map((c) => `(local.set ${out} ${madd(`(local.get ${out})`, '(local.get $er)', f4(c))})`).join('\n      ')}
+      ;; 2^n: n + 127 into the exponent field (the MAGIC bits above it shift out)
+      (local.set ${out} (f32x4.mul (local.get ${out}) (i32x4.shl (i32x4.add (local.get $en) (v128.const i32x4 127 127 127 127)) (i32.const 23))))`;
+
+/** exp4 as a function, for the once-a-block rescale factors; exp_f32, one lane of it, for the tests. */
+const EXP = `
+  (func $exp4 (param $x v128) (result v128) (local $en v128) (local $er v128)
+    ${exp4('(local.get $x)', '$x')}
+    (local.get $x)
+  )
+  ;; One lane of $exp4, for the tests.
+  (func $exp_f32 (export "exp_f32") (param $x f32) (result f32)
+    (f32x4.extract_lane 0 (call $exp4 (f32x4.splat (local.get $x))))
+  )`;
+
 /** A loop over one head's D floats, four at a time: `$d` walks the bytes [0, $Db); `L` names its labels. */
 const overHead = (L: string, body: string) => `(local.set $d (i32.const 0))
         (block $${L}d (loop $${L}l
@@ -399,97 +410,363 @@ const at = (row: string) => `(i32.add (local.get ${row}) (local.get $d))`;
 /** z row ·= $cv, four lanes at a time. */
 const scaleZ = (L: string) => overHead(L, `(v128.store ${at('$zrow')} (f32x4.mul (v128.load ${at('$zrow')}) (local.get $cv)))`);
 
+const KEYS4 = [0, 1, 2, 3];
+
+/**
+ * Scores of query heads $h (and $h + 1 when hp = 2) against the block's keys, four keys at a
+ * time: q·k for keys list[i … i+3] (accumulators $a0-3 for head $h, $b0-3 for head $h + 1;
+ * with one head, $a over even 4-float chunks of D and $b over odd ones), summed across lanes
+ * by a 4×4 transpose into one vector of four scores, divided by √D, stored at $pp (and
+ * $pp1); each head's block max kept in $mx (and $my). The list's padding past n repeats its
+ * first key, so padded lanes repeat a real score and leave the max as it is (they become
+ * −∞ before the exps).
+ *
+ * TurboFan issues all of a basic block's loads at its start, so a block holds at most 8
+ * accumulators and 6 loaded vectors (more spill): two chunks of D per iteration with a
+ * test between them, which also ends a row of D mod 8 = 4.
+ */
+function blockScores(hp: 1 | 2): string {
+  const L = `s${hp}`;
+  const chunk = (off: number, acc: string) => hp === 2
+    ? `(local.set $x0 (v128.load offset=${off} (local.get $qa)))
+          (local.set $x1 (v128.load offset=${off} (local.get $qb)))
+          ${KEYS4.map((i) => `(local.set $v0 (v128.load offset=${off} (local.get $r${i})))
+          (local.set $a${i} ${madd('(local.get $v0)', '(local.get $x0)', `(local.get $a${i})`)})
+          (local.set $b${i} ${madd('(local.get $v0)', '(local.get $x1)', `(local.get $b${i})`)})`).join('\n          ')}`
+    : `(local.set $x0 (v128.load offset=${off} (local.get $qa)))
+          ${KEYS4.map((i) => `(local.set ${acc}${i} ${madd(`(v128.load offset=${off} (local.get $r${i}))`, '(local.get $x0)', `(local.get ${acc}${i})`)})`).join('\n          ')}`;
+  /** [a0₀+a0₂, a1₀+a1₂, a0₁+a0₃, a1₁+a1₃] and the same for a2, a3; then their halves added: [Σa0, Σa1, Σa2, Σa3]. */
+  const transpose = (a: string, into: string) => `(local.set $x0 (f32x4.add (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get ${a}0) (local.get ${a}1))
+          (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get ${a}0) (local.get ${a}1))))
+        (local.set $x1 (f32x4.add (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get ${a}2) (local.get ${a}3))
+          (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get ${a}2) (local.get ${a}3))))
+        (local.set ${into} (f32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $x0) (local.get $x1))
+          (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $x0) (local.get $x1))))`;
+  /** Divided by √D, as the reference divides (a multiplication when 1/√D is exact: the same result, without the divider's latency). */
+  const finish = (s: string, pp: string, mx: string) => `(local.set ${s} (if (result v128) (local.get $exact)
+          (then (f32x4.mul (local.get ${s}) (local.get $isq))) (else (f32x4.div (local.get ${s}) (local.get $sq)))))
+        (v128.store (local.get ${pp}) (local.get ${s}))
+        (local.set ${mx} (f32x4.pmax (local.get ${mx}) (local.get ${s})))`;
+  return `(local.set $lp (local.get $list))
+      (block $kd${L} (loop $kl${L}
+        (br_if $kd${L} (i32.ge_u (local.get $lp) (local.get $lend4)))
+        ${KEYS4.map((i) => `(local.set $r${i} (i32.add (local.get $kh) (i32.load offset=${4 * i} (local.get $lp))))`).join(' ')}
+        ${KEYS4.map((i) => `(local.set $a${i} (v128.const i32x4 0 0 0 0)) (local.set $b${i} (v128.const i32x4 0 0 0 0))`).join(' ')}
+        (local.set $qa (local.get $qrow))
+        ${hp === 2 ? '(local.set $qb (local.get $qrow1))' : ''}
+        (local.set $rend (i32.add (local.get $r0) (local.get $Db)))
+        (block $dd${L} (loop $dl${L}
+          (br_if $dd${L} (i32.ge_u (local.get $r0) (local.get $rend)))
+          ${chunk(0, '$a')}
+          (br_if $dd${L} (i32.ge_u (i32.add (local.get $r0) (i32.const 16)) (local.get $rend)))
+          ${chunk(16, '$b')}
+          ${[...KEYS4.map((i) => `$r${i}`), '$qa', ...(hp === 2 ? ['$qb'] : [])].map((r) => `(local.set ${r} (i32.add (local.get ${r}) (i32.const 32)))`).join(' ')}
+          (br $dl${L})))
+        ${hp === 2
+    ? `${transpose('$a', '$s')}
+        ${transpose('$b', '$s1')}
+        ${finish('$s', '$pp', '$mx')}
+        ${finish('$s1', '$pp1', '$my')}
+        (local.set $pp1 (i32.add (local.get $pp1) (i32.const 16)))`
+    : `${KEYS4.map((i) => `(local.set $a${i} (f32x4.add (local.get $a${i}) (local.get $b${i})))`).join(' ')}
+        ${transpose('$a', '$s')}
+        ${finish('$s', '$pp', '$mx')}`}
+        (local.set $pp (i32.add (local.get $pp) (i32.const 16)))
+        (local.set $lp (i32.add (local.get $lp) (i32.const 16)))
+        (br $kl${L})))`;
+}
+
+/** The largest lane of `v` (pmax: no NaN branches), stored as the block max in head state `hs` (the slot of its rescale factor). */
+const storeMax = (v: string, hs: string) => `(local.set $x0 (f32x4.pmax (local.get ${v}) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get ${v}) (local.get ${v}))))
+          (f32.store offset=4 ${hs} (f32x4.extract_lane 0
+            (f32x4.pmax (local.get $x0) (i8x16.shuffle 4 5 6 7 0 1 2 3 12 13 14 15 8 9 10 11 (local.get $x0) (local.get $x0)))))`;
+
+/**
+ * z rows of heads [$h, $h + hp) += the block's p·v, `dc` chunks of 4 floats of each row per
+ * pass over the keys: hp·dc accumulators stay in registers across the block's keys, each v
+ * load serves hp heads, each p (a splat) dc chunks. Then z = z·c + acc, c being the head's
+ * rescale factor for the block. Advances $d over the chunks it covers, while `dc` fit. One
+ * key per loop test, so a basic block's loads (dc + hp) and accumulators fit in registers.
+ * `touchable`: a second copy of the key loop that also touches rows ahead, run when $touch.
+ */
+function blockMix(hp: number, dc: number, touchable: boolean): string {
+  const heads = Array.from({ length: hp }, (_, i) => i);
+  const chunks = Array.from({ length: dc }, (_, i) => i);
+  const acc = (h: number, c: number) => `$c${h * dc + c}`;
+  const L = `${hp}_${dc}`;
+  const splat = (h: number) => `(v128.load32_splat (i32.add (local.get $p${h}) (local.get $i)))`;
+  // One head: each v chunk is used once, loaded where it is used (no temporaries).
+  const key = hp === 1
+    ? `(local.set $x0 ${splat(0)})
+          ${chunks.map((c) => `(local.set ${acc(0, c)} ${madd(`(v128.load offset=${16 * c} (local.get $r0))`, '(local.get $x0)', `(local.get ${acc(0, c)})`)})`).join(' ')}`
+    : `${chunks.map((c) => `(local.set $v${c} (v128.load offset=${16 * c} (local.get $r0)))`).join(' ')}
+          ${heads.map((h) => `(local.set $x0 ${splat(h)})
+          ${chunks.map((c) => `(local.set ${acc(h, c)} ${madd(`(local.get $v${c})`, '(local.get $x0)', `(local.get ${acc(h, c)})`)})`).join(' ')}`).join('\n          ')}`;
+  // With touch, a load a key from the next block's key and value rows (see ATTEND).
+  const keys = (touch: boolean) => `(block $kd${L}${touch} (loop $kl${L}${touch}
+          (br_if $kd${L}${touch} (i32.ge_u (local.get $i) (local.get $nb)))
+          (local.set $r0 (i32.add (local.get $base) (i32.load (i32.add (local.get $list) (local.get $i)))))
+          ${key}
+          ${touch ? `(local.set $tv (v128.or (local.get $tv) (v128.or (v128.load (local.get $tk)) (v128.load (i32.add (local.get $tk) (local.get $vk))))))
+          (local.set $tk (select (i32.add (local.get $tk) (i32.const 64)) (local.get $tk) (i32.lt_u (i32.add (local.get $tk) (i32.const 64)) (local.get $tend))))` : ''}
+          (local.set $i (i32.add (local.get $i) (i32.const 4)))
+          (br $kl${L}${touch})))`;
+  return `(block $md${L} (loop $ml${L}
+        (br_if $md${L} (i32.gt_u (i32.add (local.get $d) (i32.const ${16 * dc})) (local.get $Db)))
+        ${heads.flatMap((h) => chunks.map((c) => `(local.set ${acc(h, c)} (v128.const i32x4 0 0 0 0))`)).join(' ')}
+        (local.set $i (i32.const 0))
+        (local.set $base (i32.add (local.get $vh) (local.get $d)))
+        ${touchable ? `(if (local.get $touch) (then ${keys(true)}) (else ${keys(false)}))` : keys(false)}
+        ${heads.map((h) => `(local.set $x0 (v128.load32_splat offset=${16 * h + 4} (local.get $hs)))
+        (local.set $r0 (i32.add (i32.add (local.get $zrow) (i32.mul (local.get $Db) (i32.const ${h}))) (local.get $d)))
+        ${chunks.map((c) => `(v128.store offset=${16 * c} (local.get $r0) ${madd(`(v128.load offset=${16 * c} (local.get $r0))`, '(local.get $x0)', `(local.get ${acc(h, c)})`)})`).join(' ')}`).join('\n        ')}
+        (local.set $d (i32.add (local.get $d) (i32.const ${16 * dc})))
+        (br $ml${L})))`;
+}
+
+/** blockMix for heads [$h, $h + hp): 8 accumulators a pass over the keys, then one chunk at a time for the rest of D. */
+const mixHeads = (hp: number) => `(local.set $zrow (i32.add (local.get $z0) (i32.mul (local.get $h) (local.get $Db))))
+      (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
+      ${Array.from({ length: hp }, (_, i) => `(local.set $p${i} (i32.add (local.get $ps) (i32.mul (i32.add (local.get $h) (i32.const ${i})) (local.get $PB))))`).join('\n      ')}
+      (local.set $d (i32.const 0))
+      ${blockMix(hp, 8 / hp, true)}
+      ${blockMix(hp, 1, false)}
+      (local.set $h (i32.add (local.get $h) (i32.const ${hp})))`;
+
+/**
+ * Causal sliding-window attention with grouped-query heads, in one pass over the keys per
+ * query (online softmax: a running max and sum, the output rescaled when the max grows),
+ * so no [tokens, keys] score matrix exists.
+ *
+ * q, z: [T, H, D] f32; k, v: [KV, S, D] f32; qpos [T] and kpos [S] i32 absolute positions
+ * (kpos < 0: an empty slot). Query t, head h sees key j of kv head h / (H / KV) iff
+ * 0 ≤ kpos[j] ≤ qpos[t] and (window = 0 or kpos[j] > qpos[t] − window). D must be a
+ * multiple of 4.
+ *
+ * Work comes in units: a query token and a kv head, i.e. the G = H / KV query heads that
+ * share the kv head, so a row is loaded for several of them at once: a key row once per two
+ * heads (scores), a value row once per four (z). Units [u0, u1) only (a thread's share): unit
+ * u is kv head u mod KV of the token at place ⌊u / KV⌋ in the order 0, T−1, 1, T−2, …
+ * (under a causal mask a run of consecutive units then costs about as much as any other of
+ * its length). A unit is computed the same way whichever thread computes it, so results do
+ * not depend on the thread count.
+ *
+ * A unit goes over the keys it sees in blocks of B (a multiple of 4): their row offsets
+ * gathered into a list, each head's scores for the block, the block max, the running max
+ * and sum updated once per block, float32 exps four at a time, then z = z·c + p·v with the
+ * new terms summed in registers across the block's keys. The running sum is float64. Past
+ * 8 MiB of keys and values, z's loop also loads a line a key from the next B slots' rows,
+ * so they arrive from memory while this block computes (wasm has no prefetch).
+ *
+ * `scratch`, this thread's own, 4·(B + 4) + 4·B·G + 16·G bytes, 16-aligned: the list of B
+ * row offsets (+ padding to a multiple of 4), each head's scores, then weights, for the
+ * block [G, B], and per head its running max (f32), rescale factor (f32; the block max
+ * until it is computed) and running sum (f64).
+ */
 const ATTEND = () => `
   (func $attend (export "attend") (param $q i32) (param $k i32) (param $v i32) (param $z i32) (param $qpos i32) (param $kpos i32)
       (param $T i32) (param $S i32) (param $H i32) (param $KV i32) (param $D i32) (param $window i32) (param $sqrtD f32)
-      (param $h0 i32) (param $h1 i32)
-    (local $t i32) (local $h i32) (local $j i32) (local $d i32) (local $qp i32) (local $kp i32) (local $group i32)
-    (local $qrow i32) (local $zrow i32) (local $kh i32) (local $vh i32) (local $krow i32) (local $vrow i32) (local $Db i32)
-    (local $acc v128) (local $s f64) (local $m f64) (local $l f64) (local $e f64) (local $c f64) (local $ev v128) (local $cv v128)
-    (local.set $group (i32.div_u (local.get $H) (local.get $KV)))
+      (param $B i32) (param $u0 i32) (param $u1 i32) (param $scratch i32)
+    (local $G i32) (local $Db i32) (local $PB i32) (local $u i32) (local $ti i32) (local $t i32) (local $g i32) (local $qp i32) (local $lo i32)
+    (local $kh i32) (local $vh i32) (local $q0 i32) (local $z0 i32) (local $list i32) (local $ps i32) (local $st i32)
+    (local $j i32) (local $jr i32) (local $n i32) (local $nb i32) (local $kp i32) (local $vis i32) (local $lend4 i32) (local $i i32)
+    (local $h i32) (local $d i32) (local $lp i32) (local $pp i32) (local $pp1 i32) (local $pend i32)
+    (local $qrow i32) (local $qrow1 i32) (local $qa i32) (local $qb i32) (local $rend i32) (local $zrow i32) (local $hs i32) (local $base i32)
+    (local $r0 i32) (local $r1 i32) (local $r2 i32) (local $r3 i32) (local $p0 i32) (local $p1 i32) (local $p2 i32) (local $p3 i32)
+    (local $m f32) (local $mn f32) (local $c f32) (local $tk i32) (local $tend i32) (local $vk i32) (local $tv v128) (local $touch i32) (local $exact i32) (local $isq v128)
+    (local $sq v128) (local $lo4 v128) (local $hi4 v128) (local $s v128) (local $s1 v128)
+    (local $mx v128) (local $my v128) (local $sum v128) (local $x0 v128) (local $x1 v128) (local $en v128) (local $er v128) (local $cv v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128) (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
+    ${Array.from({ length: 8 }, (_, i) => `(local $c${i} v128)`).join(' ')} ${Array.from({ length: 4 }, (_, i) => `(local $v${i} v128)`).join(' ')}
+    (local.set $G (i32.div_u (local.get $H) (local.get $KV)))
     (local.set $Db (i32.shl (local.get $D) (i32.const 2)))
-    (block $td (loop $tl
-      (br_if $td (i32.ge_u (local.get $t) (local.get $T)))
+    (local.set $PB (i32.shl (local.get $B) (i32.const 2)))
+    (local.set $list (local.get $scratch))
+    (local.set $ps (i32.add (local.get $list) (i32.add (local.get $PB) (i32.const 16))))
+    (local.set $st (i32.add (local.get $ps) (i32.mul (local.get $PB) (local.get $G))))
+    (local.set $sq (f32x4.splat (local.get $sqrtD)))
+    (local.set $vk (i32.sub (local.get $v) (local.get $k)))
+    ;; Keys and values past 8 MiB (long decodes of wide models) likely come from memory, where
+    ;; the prefetchers fall behind a block's 4-row and strided reads: touch the next block's rows
+    ;; ahead (7B, 4096 keys: 1.5× faster). Below, they are in cache and touching only costs.
+    (local.set $touch (i32.gt_u (i32.mul (i32.mul (local.get $KV) (local.get $S)) (local.get $Db)) (i32.const 0x400000)))
+    ;; √D a power of two (D = 4, 16, 64, 256, …): its reciprocal is exact
+    (local.set $exact (i32.eqz (i32.and (i32.reinterpret_f32 (local.get $sqrtD)) (i32.const 0x7fffff))))
+    (local.set $isq (f32x4.splat (f32.div (f32.const 1) (local.get $sqrtD))))
+    (local.set $u (local.get $u0))
+    (block $ud (loop $ul
+      (br_if $ud (i32.ge_u (local.get $u) (local.get $u1)))
+      (local.set $ti (i32.div_u (local.get $u) (local.get $KV)))
+      (local.set $g (i32.sub (local.get $u) (i32.mul (local.get $ti) (local.get $KV))))
+      (local.set $t (select (i32.sub (i32.sub (local.get $T) (i32.const 1)) (i32.shr_u (local.get $ti) (i32.const 1)))
+        (i32.shr_u (local.get $ti) (i32.const 1)) (i32.and (local.get $ti) (i32.const 1))))
       (local.set $qp (i32.load (i32.add (local.get $qpos) (i32.shl (local.get $t) (i32.const 2)))))
-      (local.set $h (local.get $h0))
-      (block $hd (loop $hl
-        (br_if $hd (i32.ge_u (local.get $h) (local.get $h1)))
-        (local.set $qrow (i32.add (local.get $q) (i32.mul (i32.add (i32.mul (local.get $t) (local.get $H)) (local.get $h)) (local.get $Db))))
-        (local.set $zrow (i32.add (local.get $z) (i32.sub (local.get $qrow) (local.get $q))))
-        (local.set $kh (i32.add (local.get $k) (i32.mul (i32.mul (i32.div_u (local.get $h) (local.get $group)) (local.get $S)) (local.get $Db))))
-        (local.set $vh (i32.add (local.get $v) (i32.sub (local.get $kh) (local.get $k))))
-        ;; z row = 0, running max −∞, running sum 0
+      ;; keys seen: lo ≤ kpos ≤ qp with lo = max(0, qp − W + 1), or 0 without a window (empty slots are < 0)
+      (local.set $lo (i32.add (i32.sub (local.get $qp) (local.get $window)) (i32.const 1)))
+      (local.set $lo (select (local.get $lo) (i32.const 0) (i32.and (i32.ne (local.get $window) (i32.const 0)) (i32.gt_s (local.get $lo) (i32.const 0)))))
+      (local.set $lo4 (i32x4.splat (local.get $lo)))
+      (local.set $hi4 (i32x4.splat (local.get $qp)))
+      (local.set $kh (i32.add (local.get $k) (i32.mul (i32.mul (local.get $g) (local.get $S)) (local.get $Db))))
+      (local.set $vh (i32.add (local.get $v) (i32.sub (local.get $kh) (local.get $k))))
+      (local.set $q0 (i32.add (local.get $q) (i32.mul (i32.add (i32.mul (local.get $t) (local.get $H)) (i32.mul (local.get $g) (local.get $G))) (local.get $Db))))
+      (local.set $z0 (i32.add (local.get $z) (i32.sub (local.get $q0) (local.get $q))))
+      ;; the group's z rows = 0; each head's running max −∞ and sum 0
+      (local.set $h (i32.const 0))
+      (block $id (loop $il
+        (br_if $id (i32.ge_u (local.get $h) (local.get $G)))
+        (local.set $zrow (i32.add (local.get $z0) (i32.mul (local.get $h) (local.get $Db))))
         ${overHead('z', `(v128.store ${at('$zrow')} (v128.const i32x4 0 0 0 0))`)}
-        (local.set $m (f64.const -inf))
-        (local.set $l (f64.const 0))
-        (local.set $j (i32.const 0))
-        (block $jd (loop $jl
-          (br_if $jd (i32.ge_u (local.get $j) (local.get $S)))
+        (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
+        (f32.store (local.get $hs) (f32.const -inf))
+        (f64.store offset=8 (local.get $hs) (f64.const 0))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $il)))
+      (local.set $j (i32.const 0))
+      (local.set $jr (i32.const 0))
+      (block $bd (loop $bl
+        ;; the next B keys the query sees: their rows' byte offsets into the list (an offset is
+        ;; always written, and kept if the key is seen); four slots at a time, four unseen skipped at once
+        (local.set $n (i32.const 0))
+        (block $gd (loop $gl
+          (br_if $gd (i32.or (i32.gt_u (i32.add (local.get $n) (i32.const 4)) (local.get $B))
+            (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $S))))
+          (local.set $x0 (v128.load (i32.add (local.get $kpos) (i32.shl (local.get $j) (i32.const 2)))))
+          (local.set $vis (i32x4.bitmask (v128.and (i32x4.ge_s (local.get $x0) (local.get $lo4)) (i32x4.le_s (local.get $x0) (local.get $hi4)))))
+          (if (local.get $vis) (then
+            ${KEYS4.map((i) => `(i32.store (i32.add (local.get $list) (i32.shl (local.get $n) (i32.const 2))) (i32.add (local.get $jr) (i32.mul (local.get $Db) (i32.const ${i}))))
+            (local.set $n (i32.add (local.get $n) (i32.and (i32.shr_u (local.get $vis) (i32.const ${i})) (i32.const 1))))`).join('\n            ')}))
+          (local.set $j (i32.add (local.get $j) (i32.const 4)))
+          (local.set $jr (i32.add (local.get $jr) (i32.shl (local.get $Db) (i32.const 2))))
+          (br $gl)))
+        (block $g1d (loop $g1l
+          (br_if $g1d (i32.or (i32.ge_u (local.get $n) (local.get $B)) (i32.ge_u (local.get $j) (local.get $S))))
           (local.set $kp (i32.load (i32.add (local.get $kpos) (i32.shl (local.get $j) (i32.const 2)))))
-          (if (i32.and (i32.and (i32.ge_s (local.get $kp) (i32.const 0)) (i32.le_s (local.get $kp) (local.get $qp)))
-                (i32.or (i32.eqz (local.get $window)) (i32.gt_s (local.get $kp) (i32.sub (local.get $qp) (local.get $window)))))
-            (then
-              (local.set $krow (i32.add (local.get $kh) (i32.mul (local.get $j) (local.get $Db))))
-              (local.set $vrow (i32.add (local.get $vh) (i32.mul (local.get $j) (local.get $Db))))
-              ;; s = q · k / √D (divided, as the reference path divides)
-              (local.set $acc (v128.const i32x4 0 0 0 0))
-              ${overHead('d', `(local.set $acc ${madd(`(v128.load ${at('$qrow')})`, `(v128.load ${at('$krow')})`, '(local.get $acc)')})`)}
-              (local.set $s (f64.promote_f32 (f32.div ${hsum('(local.get $acc)')} (local.get $sqrtD))))
-              ;; a new max rescales what was summed so far
-              (if (f64.gt (local.get $s) (local.get $m)) (then
-                (local.set $c (call $exp (f64.sub (local.get $m) (local.get $s))))
-                (local.set $l (f64.mul (local.get $l) (local.get $c)))
-                (local.set $cv (f32x4.splat (f32.demote_f64 (local.get $c))))
-                ${scaleZ('c')}
-                (local.set $m (local.get $s))))
-              (local.set $e (call $exp (f64.sub (local.get $s) (local.get $m))))
-              (local.set $l (f64.add (local.get $l) (local.get $e)))
-              (local.set $ev (f32x4.splat (f32.demote_f64 (local.get $e))))
-              ${overHead('v', `(v128.store ${at('$zrow')} ${madd(`(v128.load ${at('$vrow')})`, '(local.get $ev)', `(v128.load ${at('$zrow')})`)})`)}))
+          (i32.store (i32.add (local.get $list) (i32.shl (local.get $n) (i32.const 2))) (local.get $jr))
+          (local.set $n (i32.add (local.get $n) (i32.and (i32.ge_s (local.get $kp) (local.get $lo)) (i32.le_s (local.get $kp) (local.get $qp)))))
           (local.set $j (i32.add (local.get $j) (i32.const 1)))
-          (br $jl)))
-        ;; z = z / l
-        (local.set $cv (f32x4.splat (f32.demote_f64 (f64.div (f64.const 1) (local.get $l)))))
+          (local.set $jr (i32.add (local.get $jr) (local.get $Db)))
+          (br $g1l)))
+        (br_if $bd (i32.eqz (local.get $n)))
+        ;; padded to a multiple of 4 with the first key's row (its score again, its weight masked to 0)
+        (local.set $nb (i32.shl (local.get $n) (i32.const 2)))
+        (local.set $lend4 (i32.add (local.get $list) (i32.and (i32.add (local.get $nb) (i32.const 12)) (i32.const -16))))
+        (local.set $kp (i32.load (local.get $list)))
+        (local.set $lp (i32.add (local.get $list) (local.get $nb)))
+        (i32.store (local.get $lp) (local.get $kp))
+        (i32.store offset=4 (local.get $lp) (local.get $kp))
+        (i32.store offset=8 (local.get $lp) (local.get $kp))
+        ;; touch-ahead: the next B slots' key and value rows, a line per key of z's loop
+        (local.set $tk (i32.add (local.get $kh) (local.get $jr)))
+        (local.set $tend (i32.add (local.get $kh) (select (i32.mul (local.get $S) (local.get $Db)) (i32.add (local.get $jr) (i32.mul (local.get $B) (local.get $Db)))
+          (i32.gt_u (i32.add (local.get $jr) (i32.mul (local.get $B) (local.get $Db))) (i32.mul (local.get $S) (local.get $Db))))))
+        (if (i32.ge_u (local.get $tk) (local.get $tend)) (then (local.set $tk (local.get $kh)) (local.set $tend (i32.add (local.get $kh) (i32.const 64)))))
+
+        ;; scores of each head, two heads at a time (each key row loaded once for both), and their block max
+        (local.set $h (i32.const 0))
+        (block $hd (loop $hl
+          (br_if $hd (i32.gt_u (i32.add (local.get $h) (i32.const 2)) (local.get $G)))
+          (local.set $qrow (i32.add (local.get $q0) (i32.mul (local.get $h) (local.get $Db))))
+          (local.set $qrow1 (i32.add (local.get $qrow) (local.get $Db)))
+          (local.set $pp (i32.add (local.get $ps) (i32.mul (local.get $h) (local.get $PB))))
+          (local.set $pp1 (i32.add (local.get $pp) (local.get $PB)))
+          (local.set $mx ${f4(-Infinity)})
+          (local.set $my ${f4(-Infinity)})
+          ${blockScores(2)}
+          (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
+          ${storeMax('$mx', '(local.get $hs)')}
+          ${storeMax('$my', '(i32.add (local.get $hs) (i32.const 16))')}
+          (local.set $h (i32.add (local.get $h) (i32.const 2)))
+          (br $hl)))
+        (if (i32.lt_u (local.get $h) (local.get $G)) (then
+          (local.set $qrow (i32.add (local.get $q0) (i32.mul (local.get $h) (local.get $Db))))
+          (local.set $pp (i32.add (local.get $ps) (i32.mul (local.get $h) (local.get $PB))))
+          (local.set $mx ${f4(-Infinity)})
+          ${blockScores(1)}
+          ${storeMax('$mx', '(i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4)))')}))
+
+        ;; each head: new running max, rescale factor, weights p = e^(s − max) and their sum
+        (local.set $h (i32.const 0))
+        (block $ed (loop $el
+          (br_if $ed (i32.ge_u (local.get $h) (local.get $G)))
+          ;; the padding's scores (its max counted already) become −∞: weight 0, out of the sum
+          (local.set $pp (i32.add (local.get $ps) (i32.mul (local.get $h) (local.get $PB))))
+          (local.set $i (local.get $nb))
+          (block $xd (loop $xl
+            (br_if $xd (i32.ge_u (i32.add (local.get $list) (local.get $i)) (local.get $lend4)))
+            (f32.store (i32.add (local.get $pp) (local.get $i)) (f32.const -inf))
+            (local.set $i (i32.add (local.get $i) (i32.const 4)))
+            (br $xl)))
+          (local.set $hs (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))
+          (local.set $m (f32.load (local.get $hs)))
+          (local.set $mn (f32x4.extract_lane 0 (f32x4.pmax (f32x4.splat (local.get $m)) (v128.load32_splat offset=4 (local.get $hs)))))
+          ;; e^(old max − new max): 1 when the max holds (no call), 0 on the first block (old max −∞)
+          (local.set $c (f32.const 1))
+          (if (f32.gt (local.get $mn) (local.get $m)) (then
+            (local.set $c (f32x4.extract_lane 0 (call $exp4 (f32x4.splat (f32.sub (local.get $m) (local.get $mn))))))))
+          (f32.store (local.get $hs) (local.get $mn))
+          (f32.store offset=4 (local.get $hs) (local.get $c))
+          (local.set $x1 (f32x4.splat (local.get $mn)))
+          (local.set $sum (v128.const i32x4 0 0 0 0))
+          (local.set $pp (i32.add (local.get $ps) (i32.mul (local.get $h) (local.get $PB))))
+          (local.set $pend (i32.add (local.get $pp) (i32.sub (local.get $lend4) (local.get $list))))
+          (block $pd (loop $pl
+            (br_if $pd (i32.ge_u (local.get $pp) (local.get $pend)))
+            ${exp4('(f32x4.sub (v128.load (local.get $pp)) (local.get $x1))', '$s')}
+            (v128.store (local.get $pp) (local.get $s))
+            (local.set $sum (f32x4.add (local.get $sum) (local.get $s)))
+            (local.set $pp (i32.add (local.get $pp) (i32.const 16)))
+            (br $pl)))
+          (f64.store offset=8 (local.get $hs) (f64.add (f64.mul (f64.load offset=8 (local.get $hs)) (f64.promote_f32 (local.get $c)))
+            (f64.promote_f32 ${hsum('(local.get $sum)')})))
+          (local.set $h (i32.add (local.get $h) (i32.const 1)))
+          (br $el)))
+
+        ;; z = z·c + p·v: four heads at a time, then two, then one
+        (local.set $h (i32.const 0))
+        (block $m4d (loop $m4l
+          (br_if $m4d (i32.lt_u (i32.sub (local.get $G) (local.get $h)) (i32.const 4)))
+          ${mixHeads(4)}
+          (br $m4l)))
+        (if (i32.ge_u (i32.sub (local.get $G) (local.get $h)) (i32.const 2)) (then ${mixHeads(2)}))
+        (if (i32.ge_u (i32.sub (local.get $G) (local.get $h)) (i32.const 1)) (then ${mixHeads(1)}))
+        (br $bl)))
+
+      ;; z = z / sum
+      (local.set $h (i32.const 0))
+      (block $nd (loop $nl
+        (br_if $nd (i32.ge_u (local.get $h) (local.get $G)))
+        (local.set $zrow (i32.add (local.get $z0) (i32.mul (local.get $h) (local.get $Db))))
+        (local.set $cv (f32x4.splat (f32.demote_f64 (f64.div (f64.const 1)
+          (f64.load offset=8 (i32.add (local.get $st) (i32.shl (local.get $h) (i32.const 4))))))))
         ${scaleZ('n')}
         (local.set $h (i32.add (local.get $h) (i32.const 1)))
-        (br $hl)))
-      (local.set $t (i32.add (local.get $t) (i32.const 1)))
-      (br $tl)))
+        (br $nl)))
+      (local.set $u (i32.add (local.get $u) (i32.const 1)))
+      (br $ul)))
+    (v128.store (local.get $scratch) (local.get $tv))
   )`;
 
 /**
- * e^x in four float32 lanes: x = n·ln2 + r (ln2 in two parts, so r is exact to float32),
- * |r| ≤ ln2/2, e^r by its Taylor series to r^7 (truncation < 6e-9 relative), times 2^n
- * built in the exponent bits. x is clamped to [−87.3, 88.7] first, so 2^n stays a normal
- * float: e^x below e^−87.3 comes out as ≈ 1e−38 instead of a subnormal, which every caller
- * adds to 1 or multiplies away; above 88.72 (where float32 e^x overflows) it is +Inf, as
- * Math.exp rounded to float32 gives. NaN stays NaN (min and max propagate it).
+ * e^x over the whole float32 range, four lanes: exp4 (above) on x clamped at 88.3, where
+ * 2^n is still a normal float, and +Inf above 88.72, where float32 e^x overflows, as Math.exp
+ * rounded to float32 gives (between the two it returns e^88.3: SwiGLU's σ of such a gate is
+ * ~4e-39 either way). For e^−g in SwiGLU's σ(g), whose g has either sign.
  */
-const EXP4 = () => `
-  (func $exp4 (param $x v128) (result v128)
-    (local $n v128) (local $r v128) (local $p v128) (local $big v128)
-    (local.set $big (f32x4.gt (local.get $x) (f32x4.splat (f32.const 88.72284))))
-    (local.set $x (f32x4.max (f32x4.min (local.get $x) (f32x4.splat (f32.const 88.7))) (f32x4.splat (f32.const -87.3))))
-    (local.set $n (f32x4.nearest (f32x4.mul (local.get $x) (f32x4.splat (f32.const 1.44269504)))))
-    (local.set $r (f32x4.sub (f32x4.sub (local.get $x) (f32x4.mul (local.get $n) (f32x4.splat (f32.const 0.693145751953125))))
-      (f32x4.mul (local.get $n) (f32x4.splat (f32.const 1.428606765330187e-6)))))
-    (local.set $p (f32x4.splat (f32.const 1.984126984126984e-4)))
-    ${[1.388888888888889e-3, 8.333333333333333e-3, 4.1666666666666664e-2, 0.16666666666666666, 0.5, 1, 1]
-      .map((c) => `(local.set $p ${madd('(local.get $p)', '(local.get $r)', `(f32x4.splat (f32.const ${c}))`)})`).join('\n    ')}
-    (v128.bitselect (f32x4.splat (f32.const inf))
-      (f32x4.mul (local.get $p) (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (i32x4.splat (i32.const 127))) (i32.const 23)))
-      (local.get $big))
+const EXP_ALL = `
+  (func $exp_all (param $x v128) (result v128) (local $en v128) (local $er v128) (local $y v128)
+    ${exp4(`(f32x4.min (local.get $x) ${f4(88.3)})`, '$y')}
+    (v128.bitselect ${f4(Infinity).replace(/Infinity/g, 'inf')} (local.get $y) (f32x4.gt (local.get $x) ${f4(88.72284)}))
   )`;
 
 /**
  * SwiGLU's gating, out[t, i] = g · σ(g) · u with σ(g) = 1 / (1 + e^−g), rounded to float32
  * at each step as model/feedforward.ts's composite ops round. Row t of g and u starts at
  * g + 4·t·ld and u + 4·t·ld (byte offsets), of out at out + 4·t·I; four lanes at a time,
- * the I mod 4 tail one lane at a time through the same $exp4.
+ * the I mod 4 tail one lane at a time through the same $exp_all.
  */
 const SWIGLU = () => {
   const one = (g: string, u: string) => `(f32x4.mul (f32x4.mul ${g} (f32x4.div (f32x4.splat (f32.const 1))
-          (f32x4.add (f32x4.splat (f32.const 1)) (call $exp4 (f32x4.neg ${g}))))) ${u})`;
+          (f32x4.add (f32x4.splat (f32.const 1)) (call $exp_all (f32x4.neg ${g}))))) ${u})`;
   return `
   (func $swiglu (export "swiglu") (param $g i32) (param $u i32) (param $out i32) (param $T i32) (param $I i32) (param $ld i32)
     (local $t i32) (local $i i32) (local $I4 i32) (local $gp i32) (local $up i32) (local $op i32)
@@ -591,7 +868,7 @@ function kernelsWat(relaxed: boolean): string {
   ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
   ${EXP}
   ${ATTEND()}
-  ${EXP4()}
+  ${EXP_ALL}
   ${SWIGLU()}
   ${FLOPS()}
   ${READ}

@@ -1,14 +1,19 @@
 /**
- * The fused attention kernel (simd kernels) against the composite tfjs path it replaces:
- * same logits within the golden tolerance and the same greedy ids, on every golden model,
- * for a full forward, chunked prefill through a window that wraps, and decoding.
+ * The fused attention kernel (simd kernels): against a float64 softmax on its own, over the
+ * paths inside it (blocks of keys, a max that grows late, windows, empty slots, every grouping
+ * of query heads and head size, long decodes, 1-3 threads), and against the composite tfjs
+ * path it replaces: same logits within the golden tolerance and the same greedy ids, on every
+ * golden model, for a full forward, chunked prefill through a window that wraps, and decoding.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { generate } from '../src/generate/index.js';
 import { useBackend } from '../src/kernels/backend.js';
+import { kernelMemory } from '../src/kernels/simd/arena.js';
 import { fusedAttention } from '../src/kernels/simd/attention.js';
+import { closeKernelPool, defaultThreads, setParallelThreshold, setThreads } from '../src/kernels/simd/pool.js';
 import type { Hooks } from '../src/model/hooks.js';
+import { canAttend } from '../src/model/mask.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
 import { GOLDEN_MODELS, modelDir } from './helpers/fixtures.js';
 
@@ -27,6 +32,107 @@ const maxAbs = (a: ArrayLike<number>) => {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
   return m;
 };
+
+/** A pseudo-random float in [−scale, scale). */
+function randoms(n: number, scale: number, seed: number): Float32Array {
+  let x = seed >>> 0;
+  return Float32Array.from({ length: n }, () => {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    return scale * (2 * (x / 2 ** 32) - 1);
+  });
+}
+
+interface Case {
+  readonly H: number;
+  readonly KV: number;
+  readonly D: number;
+  readonly W: number | null;
+  readonly qpos: readonly number[];
+  /** Slot order of the keys; −1 an empty slot. */
+  readonly kpos: readonly number[];
+  readonly q: Float32Array; // [T, H, D]
+  readonly k: Float32Array; // [KV, S, D]
+  readonly v: Float32Array;
+}
+
+function run(c: Case): Float32Array {
+  return fusedAttention(c.q, c.qpos, { heads: c.H, kvHeads: c.KV, headDim: c.D, window: c.W }, (into) => {
+    const a = into(c.kpos.length);
+    a.k.set(c.k);
+    a.v.set(c.v);
+    return c.kpos;
+  });
+}
+
+/** softmax(q·kᵀ/√D)·v over the keys mask.ts lets each query see, in float64: [T, H, D]. */
+function reference(c: Case): Float64Array {
+  const { H, KV, D, W, qpos, kpos, q, k, v } = c;
+  const T = qpos.length;
+  const S = kpos.length;
+  const z = new Float64Array(T * H * D);
+  for (let t = 0; t < T; t++) {
+    const seen = kpos.flatMap((p, j) => (canAttend(qpos[t]!, p, W) ? [j] : []));
+    for (let h = 0; h < H; h++) {
+      const g = Math.floor(h / (H / KV));
+      const s = seen.map((j) => {
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += q[(t * H + h) * D + d]! * k[(g * S + j) * D + d]!;
+        return dot / Math.sqrt(D);
+      });
+      const m = Math.max(...s);
+      const e = s.map((x) => Math.exp(x - m));
+      const l = e.reduce((a, b) => a + b, 0);
+      for (let d = 0; d < D; d++) {
+        z[(t * H + h) * D + d] = seen.reduce((acc, j, i) => acc + (e[i]! / l) * v[(g * S + j) * D + d]!, 0);
+      }
+    }
+  }
+  return z;
+}
+
+/** A case with random q, k, v (|q|, |k| ≤ 1, |v| ≤ 2) for the given positions. */
+function randomCase(H: number, KV: number, D: number, W: number | null, qpos: readonly number[], kpos: readonly number[], seed = 1): Case {
+  const T = qpos.length;
+  const S = kpos.length;
+  return { H, KV, D, W, qpos, kpos, q: randoms(T * H * D, 1, seed), k: randoms(KV * S * D, 1, seed + 1), v: randoms(KV * S * D, 2, seed + 2) };
+}
+
+/**
+ * The kernel against the float64 reference, within 1e-6 (values of order 1). Scores, the
+ * exps (~1-2 ulp) and the sums of p·v are float32, so each output carries a few float32
+ * roundings of its size; 1e-6 is ~16 ulp of 1, and no case here comes near it.
+ */
+function expectClose(c: Case): void {
+  const z = run(c);
+  const want = reference(c);
+  expect(z.length).toBe(want.length);
+  expect(maxDiff(z, want)).toBeLessThan(1e-6);
+}
+
+describe('the float32 exp inside the kernel', () => {
+  it('is within 1.5 ulp of e^x on [−87, 0], 1 at 0, 0 from −88 down and for −∞, NaN for NaN', () => {
+    const { exp_f32: exp } = kernelMemory(65536).kernels;
+    const bits = new Uint32Array(1);
+    const f = new Float32Array(bits.buffer);
+    /** The float32 spacing above y. */
+    const ulp = (y: number) => {
+      f[0] = y;
+      bits[0]! += 1;
+      return f[0]! - y;
+    };
+    let worst = 0;
+    for (let i = 0; i <= 100_000; i++) {
+      const x = Math.fround(-87 * (i / 100_000) ** 1.5); // denser near 0, where softmax weights live
+      const want = Math.exp(x);
+      worst = Math.max(worst, Math.abs(exp(x) - want) / ulp(Math.fround(want)));
+    }
+    expect(worst).toBeLessThan(1.5);
+    expect(exp(0)).toBe(1);
+    expect(exp(-0)).toBe(1);
+    for (const x of [-88, -100, -1e30, -Infinity]) expect(exp(x)).toBe(0);
+    expect(exp(NaN)).toBeNaN();
+  });
+});
 
 describe('fusedAttention', () => {
   it('matches a float64 softmax(q·kᵀ/√D)·v with the causal window, over arbitrary key order and empty slots', () => {
@@ -62,6 +168,88 @@ describe('fusedAttention', () => {
         }
       }
     }
+  });
+
+  it('rescales when the max grows late: several blocks of keys, each later key scoring higher', () => {
+    // Key j is q's own direction scaled by j (head 0 of the token), so every block raises the
+    // running max; the last keys dominate and the first blocks' sums are scaled down to ~0.
+    const H = 4, KV = 1, D = 16, S = 150;
+    const c = randomCase(H, KV, D, null, [S - 1, S + 10], Array.from({ length: S }, (_, j) => j), 7);
+    const k = c.k;
+    for (let j = 0; j < S; j++) {
+      for (let d = 0; d < D; d++) k[j * D + d] = (j / S) * 3 * c.q[d]! + 0.1 * k[j * D + d]!;
+    }
+    expectClose(c);
+    // and a single key far above the rest, late in the last block
+    k.fill(0.01);
+    for (let d = 0; d < D; d++) k[(S - 3) * D + d] = 2 * c.q[d]!;
+    expectClose(c);
+  });
+
+  it('a window that leaves a query only keys in the last, partial block', () => {
+    // 100 keys in order; W = 6: the last queries see 6 keys, all past the third block of 32
+    const S = 100;
+    expectClose(randomCase(8, 2, 64, 6, [40, 97, 98, 99], Array.from({ length: S }, (_, j) => j), 11));
+    // and W = 37: one full block and part of another
+    expectClose(randomCase(8, 2, 64, 37, [36, 50, 99], Array.from({ length: S }, (_, j) => j), 12));
+  });
+
+  it('a rolling cache: keys in slot order that wrapped, empty slots between them', () => {
+    const W = 40;
+    // 64 slots: positions 60…99 wrapped around slot 20, eight slots still empty
+    const kpos = Array.from({ length: 64 }, (_, s) => (s >= 48 && s < 56 ? -1 : s < 20 ? 80 + s : s < 48 ? 60 + (s - 20) : -1));
+    expectClose(randomCase(4, 2, 32, W, [99, 98, 90, 70], kpos, 21));
+    // every slot but a few empty, no window
+    const sparse = Array.from({ length: 70 }, (_, s) => (s % 9 === 4 ? s : -1));
+    expectClose(randomCase(4, 4, 8, null, [66, 4, 30], sparse, 22));
+  });
+
+  it.each([
+    [1, 4], [1, 64], [1, 128], [2, 64], [3, 12], [4, 4], [4, 64], [4, 128], [5, 36], [6, 20], [7, 64], [8, 4], [8, 64], [8, 128],
+  ])('G = %i query heads per kv head, D = %i (every path of heads and chunks)', (G, D) => {
+    const KV = 2, T = 9, S = 45;
+    const qpos = Array.from({ length: T }, (_, t) => S - T + t);
+    expectClose(randomCase(G * KV, KV, D, 16, qpos, Array.from({ length: S }, (_, j) => j), 31 + G + D));
+  });
+
+  it.each([[8, 2, 64], [32, 8, 128]])('decode: one query against 4096 keys (H = %i, KV = %i, D = %i)', (H, KV, D) => {
+    const S = 4096;
+    // slot order of a rolling cache that wrapped at slot 1000
+    const kpos = Array.from({ length: S }, (_, s) => (s + 3096) % S);
+    const c = randomCase(H, KV, D, 4096, [S - 1], kpos, 41);
+    c.q.forEach((x, i) => { c.q[i] = 4 * x; }); // sharper softmaxes: outputs of order 1, not averages near 0
+    expectClose(c);
+  });
+
+  it.each([[8, 8, 128, 1100], [12, 2, 128, 4200]])('over 8 MiB of keys and values (the kernel touches rows ahead): H = %i, KV = %i, D = %i, S = %i', (H, KV, D, S) => {
+    const c = randomCase(H, KV, D, null, [S - 1, S - 2], Array.from({ length: S }, (_, j) => (j * 13) % S), 61);
+    c.q.forEach((x, i) => { c.q[i] = 4 * x; });
+    expectClose(c);
+  });
+
+  describe('threads', () => {
+    afterAll(() => {
+      setParallelThreshold(2 ** 17);
+      setThreads(defaultThreads());
+      closeKernelPool();
+    });
+
+    it('gives the same bits on 1, 2 and 3 threads', () => {
+      setParallelThreshold(0); // through the pool however small
+      for (const c of [
+        randomCase(8, 2, 64, 24, Array.from({ length: 61 }, (_, t) => t), Array.from({ length: 61 }, (_, j) => j), 51),
+        randomCase(6, 2, 12, null, [70, 71, 72], Array.from({ length: 73 }, (_, j) => (j * 29) % 73), 52),
+        randomCase(4, 4, 16, 8, [30], Array.from({ length: 31 }, (_, j) => j), 53),
+      ]) {
+        const z = [1, 2, 3].map((n) => {
+          setThreads(n);
+          return run(c);
+        });
+        expect(z[1]).toEqual(z[0]);
+        expect(z[2]).toEqual(z[0]);
+        expect(maxDiff(z[0]!, reference(c))).toBeLessThan(1e-6);
+      }
+    });
   });
 });
 

@@ -1,56 +1,25 @@
 /**
  * Fused attention on the simd kernels: queries, keys and values go into a workspace memory,
  * and one kernel computes softmax(q·kᵀ/√D + mask)·v per query and head in a single pass
- * over the keys (online softmax), without a [tokens, keys] score matrix. Same arithmetic
- * as model/attention.ts (which stays the reference, and runs whenever a hook asks for the
- * scores or the pattern); the mask rule is mask.ts's: 0 ≤ j ≤ i and i − W < j.
+ * over the keys (online softmax, in blocks of keys), without a [tokens, keys] score matrix.
+ * The arithmetic of model/attention.ts, in another order (so float32 roundings differ):
+ * that path stays the reference, and runs whenever a hook asks for the scores or the
+ * pattern. The mask rule is mask.ts's: 0 ≤ j ≤ i and i − W < j.
  */
-import { growTo, kernelMemory, type KernelExports, type WasmMemory } from './arena.js';
-import { poolFor, runShare, type KernelJob, type KernelMemory } from './pool.js';
-
-/** A growable memory with its own kernel instance, carved up afresh for every call. */
-class Workspace implements KernelMemory {
-  private mem: WasmMemory | null = null;
-  private instance: KernelExports | null = null;
-  private top = 0;
-
-  get memory(): WasmMemory {
-    return this.mem!;
-  }
-
-  get kernels(): KernelExports {
-    return this.instance!;
-  }
-
-  /** Attention uses no widen scratch. */
-  widenScratch(): number {
-    return 0;
-  }
-
-  /** Starts a call: every earlier region is free again. */
-  reset(): void {
-    if (this.mem === null) ({ memory: this.mem, kernels: this.instance } = kernelMemory(2 ** 20));
-    this.top = 0;
-  }
-
-  /** A region of `bytes` bytes (64-aligned); its byte offset. */
-  alloc(bytes: number): number {
-    const start = Math.ceil(this.top / 64) * 64;
-    this.top = start + bytes;
-    growTo(this.memory, this.top);
-    return start;
-  }
-
-  f32(ptr: number, n: number): Float32Array {
-    return new Float32Array(this.memory.buffer, ptr, n);
-  }
-
-  i32(ptr: number, n: number): Int32Array {
-    return new Int32Array(this.memory.buffer, ptr, n);
-  }
-}
+import { poolFor, runShare, type KernelJob } from './pool.js';
+import { Workspace } from './workspace.js';
 
 const workspace = new Workspace();
+
+/**
+ * Keys per block of the kernel (a multiple of 4): the running max and sum, and z, are updated
+ * once per block. At 32 a block's key and value rows are 2 × 8 KiB at headDim 64 and 2 × 16
+ * KiB at 128, about an L1 cache; 16 measured slower, 64 no faster.
+ */
+const BLOCK = 32;
+
+/** Bytes of the kernel's scratch for one thread, for G query heads per kv head (see build-kernels.ts). */
+const scratchBytes = (G: number) => 4 * (BLOCK + 4) + 4 * BLOCK * G + 16 * G;
 
 export interface AttentionShape {
   readonly heads: number;
@@ -74,6 +43,7 @@ export function fusedAttention(q: Float32Array, queryPositions: readonly number[
   keys: (into: KeyArrays) => readonly number[]): Float32Array {
   const { heads: H, kvHeads: KV, headDim: D } = shape;
   if (D % 4 !== 0) throw new RangeError(`fused attention needs headDim a multiple of 4, got ${D}`);
+  if (H % KV !== 0) throw new RangeError(`fused attention needs heads a multiple of kvHeads, got ${H} and ${KV}`);
   const T = queryPositions.length;
   workspace.reset();
   const qp = workspace.alloc(4 * T * H * D);
@@ -93,11 +63,13 @@ export function fusedAttention(q: Float32Array, queryPositions: readonly number[
   if (positions.length !== S) throw new RangeError(`fused attention: ${positions.length} key positions for ${S} keys`);
   const kposp = workspace.alloc(4 * S);
   workspace.i32(kposp, S).set(positions);
-  // Heads split over the threads (each query and head is independent) when the work is worth a wake-up.
-  const job: KernelJob = { op: 'attend', dtype: 'f32', w: 0, x: 0, y: 0, K: 0, r0: 0, r1: H, align: 1,
-    args: [qp, kp, vp, zp, qposp, kposp, T, S, H, KV, D, shape.window ?? 0, Math.sqrt(D)] };
+  // Units (a token and a kv head: its H / KV query heads) split over the threads when the
+  // work is worth a wake-up; each thread has its own scratch.
   const pool = poolFor(T * H * S * D);
+  workspace.scratchFor(pool?.threads ?? 1, scratchBytes(H / KV));
+  const job: KernelJob = { op: 'attend', dtype: 'f32', w: 0, x: 0, y: 0, K: 0, r0: 0, r1: T * KV, align: 1,
+    args: [qp, kp, vp, zp, qposp, kposp, T, S, H, KV, D, shape.window ?? 0, Math.sqrt(D), BLOCK] };
   if (pool !== null) pool.run(workspace, job);
-  else runShare(workspace.kernels, job, 0, H, 0);
+  else runShare(workspace.kernels, job, 0, T * KV, workspace.widenScratch(0));
   return workspace.f32(zp, T * H * D).slice();
 }

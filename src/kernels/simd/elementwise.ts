@@ -1,7 +1,7 @@
 /**
  * Elementwise kernels that are worth wasm: SwiGLU's gate needs an exp per element, which
  * in a JavaScript loop (Math.exp, one at a time) cost 9% of a hidden-512 prefill; the
- * kernel does four lanes at a time (build-kernels.ts, `$exp4`: float32, within 2 ulp).
+ * kernel does four lanes at a time (build-kernels.ts, `$exp_all`: float32, within 2 ulp).
  */
 import { Workspace } from './workspace.js';
 

@@ -35,7 +35,7 @@ const PARTS = 12; // participants: workers + the caller
 const FAILED = 13;
 const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
 const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
-const ARGS = SCRATCH + 64; // attend: its 13 arguments before the head range (the last, √D, as float32 bits)
+const ARGS = SCRATCH + 64; // attend: its 14 arguments before the unit range (the 13th, √D, as float32 bits); SCRATCH + i is its scratch
 const SLOTS = ARGS + 16;
 
 export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5 } as const;
@@ -93,8 +93,8 @@ for (;;) {
         else if (op === ${OPS.read}) k.read(c[${W}] + 64 * r0, 64 * (r1 - r0));
         else if (op === ${OPS.flops}) k.flops(c[${K}]);
         else if (op === ${OPS.attend}) {
-          const a = c.subarray(${ARGS}, ${ARGS} + 12);
-          k.attend(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], cf[${ARGS} + 12], r0, r1);
+          const a = c.subarray(${ARGS}, ${ARGS} + 14);
+          k.attend(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], cf[${ARGS} + 12], a[13], r0, r1, c[${SCRATCH} + index]);
         }
       }
     }
@@ -139,7 +139,7 @@ export interface KernelJob {
   readonly T?: number;
   readonly ldy?: number;
   readonly tb?: number;
-  /** attend only: its arguments before the head range [r0, r1) (see build-kernels.ts). */
+  /** attend only: its arguments before the unit range [r0, r1) (see build-kernels.ts); widenScratch(i) is participant i's scratch. */
   readonly args?: readonly number[];
   /** Rows a share is a multiple of (default 4, a row group of the product kernels). */
   readonly align?: number;
@@ -211,7 +211,7 @@ export class KernelPool {
     c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0;
     c[PARTS] = parts;
     if (job.args !== undefined) {
-      c.set(job.args.slice(0, 12), ARGS);
+      c.set(job.args, ARGS);
       this.controlF32[ARGS + 12] = job.args[12]!;
     }
     for (let i = 0; i < parts; i++) {
@@ -281,7 +281,7 @@ export class KernelPool {
 export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: number, scratch: number): void {
   if (job.op === 'attend') {
     const a = job.args!;
-    k.attend(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, r0, r1);
+    k.attend(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, a[13]!, r0, r1, scratch);
   } else if (job.op === 'read') {
     k.read(job.w + 64 * r0, 64 * (r1 - r0));
   } else if (job.op === 'flops') {

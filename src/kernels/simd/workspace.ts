@@ -10,6 +10,9 @@ export class Workspace implements KernelMemory {
   private mem: WasmMemory | null = null;
   private instance: KernelExports | null = null;
   private top = 0;
+  /** Participant i's kernel scratch: scratch + i · scratchStride (see scratchFor). */
+  private scratch = 0;
+  private scratchStride = 0;
 
   get memory(): WasmMemory {
     return this.mem!;
@@ -19,15 +22,22 @@ export class Workspace implements KernelMemory {
     return this.instance!;
   }
 
-  /** No job on a workspace widens weights. */
-  widenScratch(): number {
-    return 0;
+  /** Participant i's scratch for a kernel (see scratchFor; 0 when none was asked for). */
+  widenScratch(i: number): number {
+    return this.scratch + i * this.scratchStride;
+  }
+
+  /** A scratch region of `bytes` for each of `parts` participants, each on its own cache lines. */
+  scratchFor(parts: number, bytes: number): void {
+    this.scratchStride = Math.ceil(bytes / 64) * 64;
+    this.scratch = this.alloc(parts * this.scratchStride);
   }
 
   /** Starts a call: every earlier region is free again. */
   reset(): void {
     if (this.mem === null) ({ memory: this.mem, kernels: this.instance } = kernelMemory(2 ** 20));
     this.top = 0;
+    this.scratch = this.scratchStride = 0;
   }
 
   /** A region of `bytes` bytes (64-aligned); its byte offset. */
