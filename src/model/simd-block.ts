@@ -23,7 +23,7 @@ import type { LayerWeights } from './weights.js';
 
 const stored = (l: Linear | undefined): l is StoredLinear => l?.kind === 'stored';
 
-/** Whether simdBlock serves this layer: its projections are stored ones and the fused attention takes its heads. */
+/** Whether simdBlockInPlace serves this layer: its projections are stored ones and the fused attention takes its heads. */
 export function simdBlockFits(w: LayerWeights, cfg: ModelConfig): boolean {
   const { q, k, v, o } = w.attn;
   return cfg.headDim % 4 === 0 && [q, k, v, o].every(stored) &&
