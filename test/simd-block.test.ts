@@ -13,8 +13,8 @@ import { swigluFused } from '../src/kernels/fused.js';
 import { WeightMemory } from '../src/kernels/simd/arena.js';
 import { matmul, matmulConcat, type StoredMatrix } from '../src/kernels/simd/matmul.js';
 import type { Hooks } from '../src/model/hooks.js';
-import { disposeResult, Transformer } from '../src/model/transformer.js';
-import { GOLDEN_MODELS, modelDir } from './helpers/fixtures.js';
+import { disposeResult } from '../src/model/transformer.js';
+import { GOLDEN_MODELS, withModel } from './helpers/fixtures.js';
 
 /** A hook that watches `point` in the given layers and changes nothing. */
 function watching(layers: readonly number[], point: string): Hooks {
@@ -22,11 +22,8 @@ function watching(layers: readonly number[], point: string): Hooks {
 }
 
 describe.each(['cpu', 'wasm'] as const)('whole-layer simd path on %s', (backend) => {
-  it.each(GOLDEN_MODELS)('$model: logits equal the per-step path bit for bit, whichever layers are watched', async ({ model }) => {
-    await useBackend(backend);
-    const before = tf.memory().numTensors;
-    const m = Transformer.load(modelDir(model), { weights: 'resident' });
-    try {
+  it.each(GOLDEN_MODELS)('$model: logits equal the per-step path bit for bit, whichever layers are watched', ({ model }) =>
+    withModel(model, { backend, weights: 'resident' }, (m) => {
       const L = m.config.numLayers;
       const ids = Array.from({ length: 2 * (m.config.slidingWindow ?? 8) + 3 }, (_, i) => (i * 29 + 3) % m.config.vocabSize);
       const run = (hooks?: Hooks) => {
@@ -40,11 +37,7 @@ describe.each(['cpu', 'wasm'] as const)('whole-layer simd path on %s', (backend)
       expect(run(watching(Array.from({ length: L }, (_, l) => l), 'hook_resid_pre'))).toEqual(arrays);
       expect(run(watching([0], 'hook_resid_post'))).toEqual(arrays); // tensor first, then arrays
       expect(run(watching([L - 1], 'mlp.hook_post'))).toEqual(arrays); // arrays, then a tensor at the end
-    } finally {
-      m.dispose();
-    }
-    expect(tf.memory().numTensors).toBe(before);
-  });
+    }));
 });
 
 describe('the products and the gate', () => {
