@@ -759,6 +759,63 @@ const EXP_ALL = `
   )`;
 
 /**
+ * Σ e^(x_i − m) over `n` float32 values at `p`, in float64, two lanes at a time: the
+ * normaliser of a log-softmax over a vocabulary (m its max). d = x − m is clamped at −708,
+ * where e^d (3e-308) is still a normal double and adds nothing to a sum ≥ 1; d = n·ln2 + r
+ * (ln2 in two parts, the first with 32 zero low bits so n·hi is exact), e^r by its Taylor
+ * series to r^12 (truncation < 2e-16 relative), 2^n from exponent bits (n + 1.5·2^52 holds
+ * n in its low mantissa bits). Within a few ulp of Math.exp per term.
+ */
+const SUMEXP = () => {
+  const d2 = (c: number) => `(v128.const f64x2 ${c} ${c})`;
+  const magic = 6755399441055744; // 1.5 · 2^52
+  const factorial = (k: number): number => (k <= 1 ? 1 : k * factorial(k - 1));
+  const coeffs = Array.from({ length: 13 }, (_, i) => 1 / factorial(12 - i)); // 1/12!, …, 1/1!, 1/0!: Horner's order
+  /** e^(x − m) of two lanes into $e<s>; locals suffixed `s`, so two chains can interleave. */
+  const exp2 = (x: string, s: string) => `(local.set $d${s} (f64x2.pmax (f64x2.sub ${x} (local.get $mv)) ${d2(-708)}))
+        (local.set $k${s} (f64x2.add (f64x2.mul (local.get $d${s}) ${d2(Math.LOG2E)}) ${d2(magic)}))
+        (local.set $r${s} (f64x2.sub (local.get $k${s}) ${d2(magic)}))
+        (local.set $r${s} (f64x2.sub (f64x2.sub (local.get $d${s}) (f64x2.mul (local.get $r${s}) ${d2(0.6931471803691238)}))
+          (f64x2.mul (local.get $r${s}) ${d2(1.9082149292705877e-10)})))
+        (local.set $e${s} ${d2(coeffs[0]!)})`;
+  const horner = (s: string, c: number) => `(local.set $e${s} (f64x2.add (f64x2.mul (local.get $e${s}) (local.get $r${s})) ${d2(c)}))`;
+  const scale = (s: string) => `(local.set $e${s} (f64x2.mul (local.get $e${s}) (i64x2.shl (i64x2.add (local.get $k${s}) (v128.const i64x2 1023 1023)) (i32.const 52))))`;
+  const locals = ['a', 'b'].map((s) => `(local $d${s} v128) (local $k${s} v128) (local $r${s} v128) (local $e${s} v128)`).join(' ');
+  return `
+  (func $sumexp (export "sumexp") (param $p i32) (param $n i32) (param $m f64) (result f64)
+    (local $end i32) (local $mv v128) (local $acc v128) (local $acc2 v128) ${locals}
+    (local.set $mv (f64x2.splat (local.get $m)))
+    ;; four values an iteration, as two chains: one Horner chain alone waits on its latency
+    (local.set $end (i32.add (local.get $p) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $d4 (loop $l4
+      (br_if $d4 (i32.ge_u (local.get $p) (local.get $end)))
+      ${exp2('(f64x2.promote_low_f32x4 (v128.load64_zero (local.get $p)))', 'a')}
+      ${exp2('(f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $p)))', 'b')}
+      ${coeffs.slice(1).map((c) => `${horner('a', c)}\n      ${horner('b', c)}`).join('\n      ')}
+      ${scale('a')}
+      ${scale('b')}
+      (local.set $acc (f64x2.add (local.get $acc) (local.get $ea)))
+      (local.set $acc2 (f64x2.add (local.get $acc2) (local.get $eb)))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (br $l4)))
+    ;; the n mod 4 left: a pair, then one (lane 1 masked off)
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
+    (block $d1 (loop $l1
+      (br_if $d1 (i32.ge_u (local.get $p) (local.get $end)))
+      ${exp2('(f64x2.promote_low_f32x4 (v128.load64_zero (local.get $p)))', 'a')}
+      ${coeffs.slice(1).map((c) => horner('a', c)).join('\n      ')}
+      ${scale('a')}
+      (if (i32.lt_u (i32.sub (local.get $end) (local.get $p)) (i32.const 8))
+        (then (local.set $ea (v128.and (local.get $ea) (v128.const i64x2 -1 0)))))
+      (local.set $acc (f64x2.add (local.get $acc) (local.get $ea)))
+      (local.set $p (i32.add (local.get $p) (i32.const 8)))
+      (br $l1)))
+    (local.set $acc (f64x2.add (local.get $acc) (local.get $acc2)))
+    (f64.add (f64x2.extract_lane 0 (local.get $acc)) (f64x2.extract_lane 1 (local.get $acc)))
+  )`;
+};
+
+/**
  * SwiGLU's gating, out[t, i] = g · σ(g) · u with σ(g) = 1 / (1 + e^−g), rounded to float32
  * at each step as model/feedforward.ts's composite ops round. Row t of g and u starts at
  * g + 4·t·ld and u + 4·t·ld (byte offsets), of out at out + 4·t·I; four lanes at a time,
@@ -869,6 +926,7 @@ function kernelsWat(relaxed: boolean): string {
   ${EXP}
   ${ATTEND()}
   ${EXP_ALL}
+  ${SUMEXP()}
   ${SWIGLU()}
   ${FLOPS()}
   ${READ}

@@ -85,6 +85,23 @@ describe('choosing a token', () => {
     expect(logProbability([0, Math.log(3)], 1)).toBeCloseTo(Math.log(3 / 4), 12);
     expect(logProbability([1000, 1000], 0)).toBeCloseTo(Math.log(0.5), 12); // no overflow
   });
+
+  it.each([32000, 32003, 131072])('logProbability over %i float32 logits (the kernels sum them) equals the float64 loop', (n) => {
+    let s = n;
+    const logits = Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 40 - 30);
+    logits[5] = -Infinity; // a token a constraint masked out
+    logits[n - 1] = 12; // the max, in the odd tail
+    const max = 12;
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += Math.exp(logits[i]! - max);
+    for (const id of [0, 5, 17, n - 2, n - 1]) {
+      const want = logits[id]! - max - Math.log(sum);
+      if (id === 5) expect(logProbability(logits, id)).toBe(-Infinity);
+      else expect(Math.abs(logProbability(logits, id) - want)).toBeLessThan(1e-12);
+    }
+    logits[9] = Number.NaN; // NaN anywhere: NaN, as the loop gives
+    expect(logProbability(logits, 0)).toBeNaN();
+  });
 });
 
 describe('TextStream', () => {

