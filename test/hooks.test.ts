@@ -203,6 +203,18 @@ describe('caching', () => {
       .toThrow(new HookError(`hook blocks.0.hook_attn_out returned shape [${IDS_A.length},3], expected [${IDS_A.length},64]`));
     expect(tf.memory().numTensors).toBe(before);
   });
+
+  it('on resident weights too, where the layers before the hook ran on arrays: a throw leaks nothing', () => {
+    const model = Transformer.load(modelDir('mistral-tiny'), { weights: 'resident' });
+    try {
+      const before = tf.memory().numTensors;
+      // only layer 1 is watched: layer 0 runs on arrays, layer 1 gets a tensor made from them
+      expect(() => runWithHooks(model, IDS_A, { 'blocks.1.hook_resid_mid': () => { throw new Error('boom'); } })).toThrow('boom');
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      model.dispose();
+    }
+  });
 });
 
 describe('patching and ablation', () => {

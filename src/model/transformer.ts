@@ -190,6 +190,14 @@ export class Transformer {
     // watches run on the simd kernels one after another (no tfjs op between them).
     let x: tf.Tensor2D | null = tf.tidy(() => hookPoint(hooks, w.embed(ids), 'hook_embed', ctx));
     let xs: Float32Array | null = null;
+    /** The stream as a tensor, held in `x` (so the finally below frees it whatever throws next). */
+    const asTensor = (): tf.Tensor2D => {
+      if (x === null) {
+        x = tf.tensor2d(xs!, [T, c.hiddenSize]);
+        xs = null;
+      }
+      return x;
+    };
     const rope = ropeTables(positions, c.headDim, c.ropeTheta);
     // Per layer, whether its output is all finite: a bool scalar computed where the
     // activations are and read only when the logits turn out non-finite (see checkFinite).
@@ -208,19 +216,14 @@ export class Transformer {
           simdBlockInPlace(xs, T, lw, c, rope, positions, cache);
           finite.push(allFiniteArray(xs));
         } else {
-          const input: tf.Tensor2D = x ?? tf.tensor2d(xs!, [T, c.hiddenSize]);
-          xs = null;
+          const input = asTensor();
           x = tf.tidy(() => decoderBlock(input, lw, c, rope, positions, cache, scope));
           finite.push(allFinite(x));
           input.dispose();
         }
         w.releaseLayer(l);
       }
-      if (x === null) {
-        x = tf.tensor2d(xs!, [T, c.hiddenSize]);
-        xs = null;
-      }
-      const out = x;
+      const out = asTensor();
       const logits = tf.tidy(() => {
         const top = hookScope(hooks, '', ctx);
         const scaleHook = top.wants('ln_final.hook_scale') ? (s: tf.Tensor2D) => top(s, 'ln_final.hook_scale') : undefined;
