@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { ropeFused } from '../kernels/fused.js';
+import { float32, ropeFused } from '../kernels/fused.js';
 import { linear, onSimdKernels, type Linear } from '../kernels/linear.js';
 import { fusedAttention } from '../kernels/simd/attention.js';
 import type { LayerCache } from './cache.js';
@@ -66,16 +66,8 @@ export function attention(x: tf.Tensor2D, w: AttentionWeights, cfg: ModelConfig,
   // With the simd kernels, one fused kernel does scores, mask, softmax and mixing, unless a
   // hook asks for the scores or the pattern, which only the composite path below forms.
   if (fusedAttentionFits(w, cfg) && !hook.wants('attn.hook_attn_scores') && !hook.wants('attn.hook_pattern')) {
-    const shape = { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
-    const qData = qRot.dataSync() as Float32Array; // [tokens, heads, headDim]
-    const zData = fusedAttention(qData, positions, shape, (into) => {
-      if (cache !== null) return cache.updateInto(newK, newV, positions, into);
-      const { k: kOut, v: vOut } = into(T);
-      kOut.set(newK.dataSync());
-      vOut.set(newV.dataSync());
-      return positions;
-    });
-    return project(hook(tf.tensor3d(zData, [T, H, D]), 'attn.hook_z'), w.o, hook);
+    const z = fusedAttentionStep(float32(qRot), float32(newK), float32(newV), positions, cfg, cache);
+    return project(hook(tf.tensor3d(z, [T, H, D]), 'attn.hook_z'), w.o, hook);
   }
 
   const seen = cache === null
@@ -112,6 +104,24 @@ function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
   const byHead = tf.reshape<tf.Rank.R3>(linear(perHead, o), [H, T, o.outFeatures]); // [heads, tokens, hidden]
   const result = hook(swap01(byHead), 'attn.hook_result'); // [tokens, heads, hidden]
   return tf.sum(result, 1);
+}
+
+/**
+ * The fused kernel over one step: its keys and values, and with a cache those it holds.
+ * @param q [tokens, heads, headDim], after RoPE
+ * @param k [kvHeads, tokens, headDim], after RoPE; v likewise
+ * @returns z [tokens, heads, headDim]
+ */
+export function fusedAttentionStep(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[],
+  cfg: ModelConfig, cache: LayerCache | null): Float32Array {
+  const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
+  return fusedAttention(q, positions, { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow }, (into) => {
+    if (cache !== null) return cache.updateInto(k, v, KV, D, positions, into);
+    const a = into(positions.length);
+    a.k.set(k);
+    a.v.set(v);
+    return positions;
+  });
 }
 
 /** The fused kernel serves models on the simd kernels whose head size it handles. */

@@ -49,14 +49,13 @@ export interface LayerCache {
    */
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView;
   /**
-   * `update`, with the view written into arrays the caller provides (for a kernel that
-   * works on memory of its own) instead of new tensors.
+   * `update` on arrays, for a kernel that works on memory of its own: the step's keys and
+   * values come as arrays, and the view is written into arrays the caller provides.
+   * @param k [kvHeads, tokens, headDim], keys after RoPE; v likewise
    * @param into given the number of keys S, returns two [kvHeads, S, headDim] arrays to fill
    * @returns the position of each of the S keys
    */
-  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[];
-  /** `updateInto` with the step's keys and values as arrays, [kvHeads, tokens, headDim] each. */
-  updateIntoArrays(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
+  updateInto(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
     into: ViewArrays): readonly number[];
   /**
    * Bytes of the keys and values held: 2 · 4 · kvHeads · rows in use · headDim. The arrays
@@ -98,21 +97,14 @@ abstract class KeyValueRows implements LayerCache {
     return seen;
   }
 
-  updateInto(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[], into: ViewArrays): readonly number[] {
-    return this.stepInto(this.read(k, v, positions), positions, into);
-  }
-
-  updateIntoArrays(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
+  updateInto(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
     into: ViewArrays): readonly number[] {
     const tokens = positions.length;
     if (k.length !== kvHeads * tokens * headDim || v.length !== k.length) {
       throw new Error(`cache update: ${k.length} key and ${v.length} value floats for ${kvHeads} heads × ${tokens} tokens × ${headDim}`);
     }
     this.fixShape(kvHeads, headDim);
-    return this.stepInto({ tokens, k, v }, positions, into);
-  }
-
-  private stepInto(step: NewRows, positions: readonly number[], into: ViewArrays): readonly number[] {
+    const step = { tokens, k, v };
     const seen = this.attended(positions);
     this.viewInto(step, into);
     this.store(step, positions);

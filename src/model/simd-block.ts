@@ -11,9 +11,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { float32, rmsNormInto, ropeInPlace } from '../kernels/fused.js';
 import type { Linear, StoredLinear } from '../kernels/linear.js';
-import { fusedAttention } from '../kernels/simd/attention.js';
 import { swigluKernel } from '../kernels/simd/elementwise.js';
 import { matmul, matmulConcat } from '../kernels/simd/matmul.js';
+import { fusedAttentionStep } from './attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
 import { NO_HOOKS } from './hooks.js';
@@ -94,15 +94,7 @@ function attentionPart(x: Float32Array, T: number, w: LayerWeights, cfg: ModelCo
       vs.set(qkv.subarray(row + (NH + KV + g) * D, row + (NH + KV + g + 1) * D), (g * T + t) * D);
     }
   }
-  const shape = { heads: NH, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
-  const z = fusedAttention(qs, positions, shape, (into) => {
-    if (cache !== null) return cache.updateIntoArrays(ks, vs, KV, D, positions, into);
-    const a = into(T);
-    a.k.set(ks);
-    a.v.set(vs);
-    return positions;
-  });
-  return matmul(z, T, o.matrix);
+  return matmul(fusedAttentionStep(qs, ks, vs, positions, cfg, cache), T, o.matrix);
 }
 
 /** resid += d, rounded to float32 as tf.add rounds. */
