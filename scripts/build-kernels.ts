@@ -162,21 +162,22 @@ function gemv(d: DType): string {
 }
 
 /**
- * Widens `n` rows of K stored elements at `w` to float32 at `out`, in the order the
- * permuted x expects (8-blocks split even/odd, natural tail): then a float32 dot product
- * of a widened row with the permuted x is the row's dot product with x.
+ * Widens `n` rows of K stored elements (row i at w + i·rb bytes) to float32 at `out`, row
+ * after row, in the order the permuted x expects (8-blocks split even/odd, natural tail):
+ * then a float32 dot product of a widened row with the permuted x is the row's dot
+ * product with x. The matrix-matrix product widens a panel of rows, one K chunk at a time.
  */
 function widen(d: DType): string {
   if (d === 'f32') return '';
   const s = SIZE[d];
   return `
-  (func $widen_${d} (export "widen_${d}") (param $w i32) (param $out i32) (param $n i32) (param $K i32)
+  (func $widen_${d} (param $w i32) (param $out i32) (param $n i32) (param $K i32) (param $rb i32)
     (local $i i32) (local $k i32) (local $K8 i32) (local $p i32) (local $q i32) (local $v v128) (local $a v128) (local $b v128)
     (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
-    (local.set $p (local.get $w))
     (local.set $q (local.get $out))
     (block $rd (loop $rl
       (br_if $rd (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $p (i32.add (local.get $w) (i32.mul (local.get $i) (local.get $rb))))
       (local.set $k (i32.const 0))
       (block $kd (loop $kl
         (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
@@ -200,88 +201,110 @@ function widen(d: DType): string {
 }
 
 /**
- * The float32 tile of the matrix-matrix product: rows [r0, r0 + nr) of float32 weights
- * `wf` (row stride K floats) times tokens [t0, t1) of x (row stride K floats), into
- * y[t · ldy + r]. Register tile: 4 rows × 2 tokens = 8 accumulators, so each weight
- * load serves 2 tokens and each x load 4 rows.
+ * The float32 core of the matrix-matrix product: a panel of `np` float32 rows (row i at
+ * wf + i·wb bytes, K floats) against tokens [t0, t1) of x (token t's K floats at x + t·xs),
+ * into y[t · ldy + r0 + i], added to what y holds when `acc` is set (a later K chunk).
+ * Register tile: 4 rows × 2 tokens = 8 accumulators. For each pair of tokens the tile
+ * runs over every row group of the panel, so the pair's x stays in L1 while the panel
+ * (in L2) passes by; a tile that loaded x for each 4 rows read it from L3 for short rows.
  */
-const TILE = () => `
-  (func $tile (param $wf i32) (param $nr i32) (param $r0 i32) (param $x i32) (param $t0 i32) (param $t1 i32)
-      (param $K i32) (param $y i32) (param $ldy i32)
-    (local $t i32) (local $k i32) (local $K4 i32) (local $kb i32) (local $i i32)
-    (local $w0 i32) (local $x0 i32) (local $x1 i32) (local $yp i32)
-    (local $a v128) (local $b v128) (local $c v128) (local $d v128) (local $p v128) (local $q v128)
+const PANEL = () => `
+  (func $panel (param $wf i32) (param $wb i32) (param $np i32) (param $r0 i32) (param $x i32) (param $xs i32)
+      (param $t0 i32) (param $t1 i32) (param $K i32) (param $y i32) (param $ldy i32) (param $acc i32)
+    (local $t i32) (local $g i32) (local $K4 i32) (local $i i32) (local $xe i32)
+    (local $w0 i32) (local $x0 i32) (local $x1 i32) (local $yp i32) (local $ys i32)
+    (local $a v128) (local $b v128) (local $c v128) (local $d v128) (local $p v128)
     (local $a0 v128) (local $a1 v128) (local $b0 v128) (local $b1 v128) (local $c0 v128) (local $c1 v128) (local $d0 v128) (local $d1 v128)
     (local $s f32) (local $u f32)
     (local.set $K4 (i32.and (local.get $K) (i32.const -4)))
-    (local.set $kb (i32.shl (local.get $K) (i32.const 2)))
+    (local.set $ys (i32.shl (local.get $ldy) (i32.const 2)))
     (local.set $t (local.get $t0))
-    ;; pairs of tokens against 4 rows
-    (if (i32.eq (local.get $nr) (i32.const 4)) (then
     (block $pd (loop $pl
       (br_if $pd (i32.gt_u (i32.add (local.get $t) (i32.const 2)) (local.get $t1)))
-      (local.set $a0 (v128.const i32x4 0 0 0 0)) (local.set $a1 (v128.const i32x4 0 0 0 0))
-      (local.set $b0 (v128.const i32x4 0 0 0 0)) (local.set $b1 (v128.const i32x4 0 0 0 0))
-      (local.set $c0 (v128.const i32x4 0 0 0 0)) (local.set $c1 (v128.const i32x4 0 0 0 0))
-      (local.set $d0 (v128.const i32x4 0 0 0 0)) (local.set $d1 (v128.const i32x4 0 0 0 0))
-      (local.set $w0 (local.get $wf))
-      (local.set $x0 (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $kb))))
-      (local.set $x1 (i32.add (local.get $x0) (local.get $kb)))
-      (local.set $k (i32.const 0))
-      (block $kd (loop $kl
-        (br_if $kd (i32.ge_u (local.get $k) (local.get $K4)))
-        (local.set $p (v128.load (local.get $x0)))
-        (local.set $q (v128.load (local.get $x1)))
-        (local.set $a (v128.load (local.get $w0)))
-        (local.set $a0 ${madd('(local.get $a)', '(local.get $p)', '(local.get $a0)')})
-        (local.set $a1 ${madd('(local.get $a)', '(local.get $q)', '(local.get $a1)')})
-        (local.set $b (v128.load (i32.add (local.get $w0) (local.get $kb))))
-        (local.set $b0 ${madd('(local.get $b)', '(local.get $p)', '(local.get $b0)')})
-        (local.set $b1 ${madd('(local.get $b)', '(local.get $q)', '(local.get $b1)')})
-        (local.set $c (v128.load (i32.add (local.get $w0) (i32.shl (local.get $kb) (i32.const 1)))))
-        (local.set $c0 ${madd('(local.get $c)', '(local.get $p)', '(local.get $c0)')})
-        (local.set $c1 ${madd('(local.get $c)', '(local.get $q)', '(local.get $c1)')})
-        (local.set $d (v128.load (i32.add (local.get $w0) (i32.mul (local.get $kb) (i32.const 3)))))
-        (local.set $d0 ${madd('(local.get $d)', '(local.get $p)', '(local.get $d0)')})
-        (local.set $d1 ${madd('(local.get $d)', '(local.get $q)', '(local.get $d1)')})
-        (local.set $w0 (i32.add (local.get $w0) (i32.const 16)))
-        (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
-        (local.set $x1 (i32.add (local.get $x1) (i32.const 16)))
-        (local.set $k (i32.add (local.get $k) (i32.const 4)))
-        (br $kl)))
-      ;; sums, then the K mod 4 tail of each of the 8 dot products
-      (local.set $yp (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (local.get $r0)) (i32.const 2))))
-      ${[['$a0', '$a1', 0], ['$b0', '$b1', 1], ['$c0', '$c1', 2], ['$d0', '$d1', 3]].map(([u, v, r]) => `
-      (local.set $s ${hsum(`(local.get ${u})`)})
-      (local.set $u ${hsum(`(local.get ${v})`)})
-      (local.set $i (local.get $k))
-      (block $td (loop $tl
-        (br_if $td (i32.ge_u (local.get $i) (local.get $K)))
-        (local.set $s (f32.add (local.get $s) (f32.mul
-          (f32.load (i32.add (local.get $wf) (i32.shl (i32.add (i32.mul (local.get $K) (i32.const ${r})) (local.get $i)) (i32.const 2))))
-          (f32.load (i32.add (local.get $x) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $K)) (local.get $i)) (i32.const 2)))))))
-        (local.set $u (f32.add (local.get $u) (f32.mul
-          (f32.load (i32.add (local.get $wf) (i32.shl (i32.add (i32.mul (local.get $K) (i32.const ${r})) (local.get $i)) (i32.const 2))))
-          (f32.load (i32.add (local.get $x) (i32.shl (i32.add (i32.mul (i32.add (local.get $t) (i32.const 1)) (local.get $K)) (local.get $i)) (i32.const 2)))))))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $tl)))
-      (f32.store offset=${4 * Number(r)} (local.get $yp) (local.get $s))
-      (f32.store offset=${4 * Number(r)} (i32.add (local.get $yp) (i32.shl (local.get $ldy) (i32.const 2))) (local.get $u))`).join('')}
-      (local.set $t (i32.add (local.get $t) (i32.const 2)))
-      (br $pl)))))
-    ;; what is left (a last odd token, or fewer than 4 rows): one dot product at a time
-    (block $rd (loop $rl
-      (br_if $rd (i32.ge_u (local.get $t) (local.get $t1)))
-      (local.set $i (i32.const 0))
+      (local.set $g (i32.const 0))
+      (block $gd (loop $gl
+        (br_if $gd (i32.gt_u (i32.add (local.get $g) (i32.const 4)) (local.get $np)))
+        (local.set $a0 (v128.const i32x4 0 0 0 0)) (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (local.set $b0 (v128.const i32x4 0 0 0 0)) (local.set $b1 (v128.const i32x4 0 0 0 0))
+        (local.set $c0 (v128.const i32x4 0 0 0 0)) (local.set $c1 (v128.const i32x4 0 0 0 0))
+        (local.set $d0 (v128.const i32x4 0 0 0 0)) (local.set $d1 (v128.const i32x4 0 0 0 0))
+        (local.set $w0 (i32.add (local.get $wf) (i32.mul (local.get $g) (local.get $wb))))
+        (local.set $x0 (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $xs))))
+        (local.set $x1 (i32.add (local.get $x0) (local.get $xs)))
+        (local.set $xe (i32.add (local.get $x0) (i32.shl (local.get $K4) (i32.const 2))))
+        (block $kd (loop $kl
+          (br_if $kd (i32.ge_u (local.get $x0) (local.get $xe)))
+          ;; the four weights first, then each token's x against them: 1.2-1.4× the order
+          ;; that loads x first and each weight just before its two uses (Zen 3, V8 12)
+          (local.set $a (v128.load (local.get $w0)))
+          (local.set $b (v128.load (i32.add (local.get $w0) (local.get $wb))))
+          (local.set $c (v128.load (i32.add (local.get $w0) (i32.shl (local.get $wb) (i32.const 1)))))
+          (local.set $d (v128.load (i32.add (local.get $w0) (i32.mul (local.get $wb) (i32.const 3)))))
+          (local.set $p (v128.load (local.get $x0)))
+          (local.set $a0 ${madd('(local.get $a)', '(local.get $p)', '(local.get $a0)')})
+          (local.set $b0 ${madd('(local.get $b)', '(local.get $p)', '(local.get $b0)')})
+          (local.set $c0 ${madd('(local.get $c)', '(local.get $p)', '(local.get $c0)')})
+          (local.set $d0 ${madd('(local.get $d)', '(local.get $p)', '(local.get $d0)')})
+          (local.set $p (v128.load (local.get $x1)))
+          (local.set $a1 ${madd('(local.get $a)', '(local.get $p)', '(local.get $a1)')})
+          (local.set $b1 ${madd('(local.get $b)', '(local.get $p)', '(local.get $b1)')})
+          (local.set $c1 ${madd('(local.get $c)', '(local.get $p)', '(local.get $c1)')})
+          (local.set $d1 ${madd('(local.get $d)', '(local.get $p)', '(local.get $d1)')})
+          (local.set $w0 (i32.add (local.get $w0) (i32.const 16)))
+          (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
+          (local.set $x1 (i32.add (local.get $x1) (i32.const 16)))
+          (br $kl)))
+        ;; sums, then the K mod 4 tail of each of the 8 dot products ($x0, $x1 point at the
+        ;; tails of the two tokens, $w0 at row g's)
+        (local.set $yp (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $g))) (i32.const 2))))
+        ${[['$a0', '$a1', 0], ['$b0', '$b1', 1], ['$c0', '$c1', 2], ['$d0', '$d1', 3]].map(([u, v, r]) => `
+        (local.set $s ${hsum(`(local.get ${u})`)})
+        (local.set $u ${hsum(`(local.get ${v})`)})
+        (local.set $i (i32.const 0))
+        (block $td (loop $tl
+          (br_if $td (i32.ge_u (i32.add (local.get $K4) (local.get $i)) (local.get $K)))
+          (local.set $s (f32.add (local.get $s) (f32.mul
+            (f32.load (i32.add (i32.add (local.get $w0) (i32.mul (local.get $wb) (i32.const ${r}))) (i32.shl (local.get $i) (i32.const 2))))
+            (f32.load (i32.add (local.get $x0) (i32.shl (local.get $i) (i32.const 2)))))))
+          (local.set $u (f32.add (local.get $u) (f32.mul
+            (f32.load (i32.add (i32.add (local.get $w0) (i32.mul (local.get $wb) (i32.const ${r}))) (i32.shl (local.get $i) (i32.const 2))))
+            (f32.load (i32.add (local.get $x1) (i32.shl (local.get $i) (i32.const 2)))))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $tl)))
+        (if (local.get $acc) (then
+          (local.set $s (f32.add (f32.load offset=${4 * Number(r)} (local.get $yp)) (local.get $s)))
+          (local.set $u (f32.add (f32.load offset=${4 * Number(r)} (i32.add (local.get $yp) (local.get $ys))) (local.get $u)))))
+        (f32.store offset=${4 * Number(r)} (local.get $yp) (local.get $s))
+        (f32.store offset=${4 * Number(r)} (i32.add (local.get $yp) (local.get $ys)) (local.get $u))`).join('')}
+        (local.set $g (i32.add (local.get $g) (i32.const 4)))
+        (br $gl)))
+      ;; the panel's last rows (fewer than 4), one dot product each for both tokens
       (block $od (loop $ol
-        (br_if $od (i32.ge_u (local.get $i) (local.get $nr)))
-        (f32.store (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $i))) (i32.const 2)))
-          (call $dot (i32.add (local.get $wf) (i32.mul (local.get $i) (local.get $kb)))
-                     (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $kb))) (local.get $K)))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $od (i32.ge_u (local.get $g) (local.get $np)))
+        (call $dotInto (i32.add (local.get $wf) (i32.mul (local.get $g) (local.get $wb))) (local.get $x) (local.get $xs) (local.get $t) (local.get $K)
+          (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $g))) (i32.const 2))) (local.get $acc))
+        (call $dotInto (i32.add (local.get $wf) (i32.mul (local.get $g) (local.get $wb))) (local.get $x) (local.get $xs) (i32.add (local.get $t) (i32.const 1)) (local.get $K)
+          (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (i32.add (local.get $t) (i32.const 1)) (local.get $ldy)) (i32.add (local.get $r0) (local.get $g))) (i32.const 2))) (local.get $acc))
+        (local.set $g (i32.add (local.get $g) (i32.const 1)))
         (br $ol)))
-      (local.set $t (i32.add (local.get $t) (i32.const 1)))
-      (br $rl)))
+      (local.set $t (i32.add (local.get $t) (i32.const 2)))
+      (br $pl)))
+    ;; a last odd token: one dot product per row
+    (if (i32.lt_u (local.get $t) (local.get $t1)) (then
+      (local.set $g (i32.const 0))
+      (block $rd (loop $rl
+        (br_if $rd (i32.ge_u (local.get $g) (local.get $np)))
+        (call $dotInto (i32.add (local.get $wf) (i32.mul (local.get $g) (local.get $wb))) (local.get $x) (local.get $xs) (local.get $t) (local.get $K)
+          (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $g))) (i32.const 2))) (local.get $acc))
+        (local.set $g (i32.add (local.get $g) (i32.const 1)))
+        (br $rl)))))
+  )
+  ;; *yp = (acc ? *yp : 0) + (row · token t of x)
+  (func $dotInto (param $row i32) (param $x i32) (param $xs i32) (param $t i32) (param $K i32) (param $yp i32) (param $acc i32)
+    (local $s f32)
+    (local.set $s (call $dot (local.get $row) (i32.add (local.get $x) (i32.mul (local.get $t) (local.get $xs))) (local.get $K)))
+    (if (local.get $acc) (then (local.set $s (f32.add (f32.load (local.get $yp)) (local.get $s)))))
+    (f32.store (local.get $yp) (local.get $s))
   )
   (func $dot (param $a i32) (param $b i32) (param $K i32) (result f32)
     (local $k i32) (local $K4 i32) (local $acc v128) (local $s f32)
@@ -305,36 +328,50 @@ const TILE = () => `
   )`;
 
 /**
- * Y[t, r] = Σ_k W[r, k] · X[t, k] for rows [r0, r1) and tokens [0, T). Tokens go in
- * blocks of `tb` (so a block of x stays in cache), rows in groups of 4; 2-byte weights
- * are widened once per (row group, token block) into `scratch` (4·K floats).
+ * Y[t, r] = Σ_k W[r, k] · X[t, k] for rows [r0, r1) and tokens [0, T). K goes in chunks
+ * of `kc` columns (a multiple of 8, so the permuted 8-blocks of x stay whole), tokens in
+ * blocks of `tb`, rows in panels of `P`: so the block of x (tb · kc floats) stays in L2
+ * beside the panel, which 2-byte weights are widened into (`scratch`, P · kc floats) once
+ * per (chunk, token block). Later chunks add into Y.
  */
 function gemm(d: DType): string {
   const s = SIZE[d];
-  const wf = d === 'f32'
-    ? '(i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb)))'
-    : '(local.get $scratch)';
-  const prep = d === 'f32' ? '' : `(call $widen_${d} (i32.add (local.get $w) (i32.mul (local.get $r) (local.get $rb))) (local.get $scratch) (local.get $nr) (local.get $K))`;
+  const panel = d === 'f32'
+    ? `(call $panel (i32.add (local.get $w) (i32.add (i32.mul (local.get $r) (local.get $rb)) (i32.shl (local.get $k0) (i32.const 2))))
+            (local.get $rb) (local.get $np) (local.get $r) (i32.add (local.get $x) (i32.shl (local.get $k0) (i32.const 2))) (local.get $xs)
+            (local.get $t0) (local.get $t1) (local.get $c) (local.get $y) (local.get $ldy) (local.get $k0))`
+    : `(call $widen_${d} (i32.add (local.get $w) (i32.add (i32.mul (local.get $r) (local.get $rb)) (i32.mul (local.get $k0) (i32.const ${s}))))
+            (local.get $scratch) (local.get $np) (local.get $c) (local.get $rb))
+          (call $panel (local.get $scratch) (i32.shl (local.get $c) (i32.const 2)) (local.get $np) (local.get $r)
+            (i32.add (local.get $x) (i32.shl (local.get $k0) (i32.const 2))) (local.get $xs)
+            (local.get $t0) (local.get $t1) (local.get $c) (local.get $y) (local.get $ldy) (local.get $k0))`;
   return `
   (func $gemm_${d} (export "gemm_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32)
-      (param $K i32) (param $T i32) (param $ldy i32) (param $tb i32) (param $scratch i32)
-    (local $t0 i32) (local $t1 i32) (local $r i32) (local $nr i32) (local $rb i32)
+      (param $K i32) (param $T i32) (param $ldy i32) (param $tb i32) (param $scratch i32) (param $kc i32) (param $P i32)
+    (local $k0 i32) (local $c i32) (local $t0 i32) (local $t1 i32) (local $r i32) (local $np i32) (local $rb i32) (local $xs i32)
     (local.set $rb (i32.mul (local.get $K) (i32.const ${s})))
-    (block $tdone (loop $tloop
-      (br_if $tdone (i32.ge_u (local.get $t0) (local.get $T)))
-      (local.set $t1 (select (local.get $T) (i32.add (local.get $t0) (local.get $tb))
-        (i32.gt_u (i32.add (local.get $t0) (local.get $tb)) (local.get $T))))
-      (local.set $r (local.get $r0))
-      (block $rdone (loop $rloop
-        (br_if $rdone (i32.ge_u (local.get $r) (local.get $r1)))
-        (local.set $nr (select (i32.const 4) (i32.sub (local.get $r1) (local.get $r))
-          (i32.ge_u (i32.sub (local.get $r1) (local.get $r)) (i32.const 4))))
-        ${prep}
-        (call $tile ${wf} (local.get $nr) (local.get $r) (local.get $x) (local.get $t0) (local.get $t1) (local.get $K) (local.get $y) (local.get $ldy))
-        (local.set $r (i32.add (local.get $r) (local.get $nr)))
-        (br $rloop)))
-      (local.set $t0 (local.get $t1))
-      (br $tloop)))
+    (local.set $xs (i32.shl (local.get $K) (i32.const 2)))
+    (block $kdone (loop $kloop
+      (br_if $kdone (i32.ge_u (local.get $k0) (local.get $K)))
+      (local.set $c (select (i32.sub (local.get $K) (local.get $k0)) (local.get $kc)
+        (i32.gt_u (i32.add (local.get $k0) (local.get $kc)) (local.get $K))))
+      (local.set $t0 (i32.const 0))
+      (block $tdone (loop $tloop
+        (br_if $tdone (i32.ge_u (local.get $t0) (local.get $T)))
+        (local.set $t1 (select (local.get $T) (i32.add (local.get $t0) (local.get $tb))
+          (i32.gt_u (i32.add (local.get $t0) (local.get $tb)) (local.get $T))))
+        (local.set $r (local.get $r0))
+        (block $rdone (loop $rloop
+          (br_if $rdone (i32.ge_u (local.get $r) (local.get $r1)))
+          (local.set $np (select (local.get $P) (i32.sub (local.get $r1) (local.get $r))
+            (i32.ge_u (i32.sub (local.get $r1) (local.get $r)) (local.get $P))))
+          ${panel}
+          (local.set $r (i32.add (local.get $r) (local.get $np)))
+          (br $rloop)))
+        (local.set $t0 (local.get $t1))
+        (br $tloop)))
+      (local.set $k0 (i32.add (local.get $k0) (local.get $c)))
+      (br $kloop)))
   )`;
 }
 
@@ -921,7 +958,7 @@ function kernelsWat(relaxed: boolean): string {
   return `(module
   (import "env" "memory" (memory 1 65536 shared))
   ${HALF}
-  ${TILE()}
+  ${PANEL()}
   ${DTYPES.map((d) => gemv(d) + widen(d) + gemm(d)).join('\n')}
   ${EXP}
   ${ATTEND()}

@@ -17,9 +17,9 @@ export interface KernelExports {
   gemv_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
   gemv_f16(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
   gemv_f32(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
-  gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
-  gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
-  gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number): void;
+  gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
+  gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
+  gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
   /** Fused attention over units (token, kv head) [u0, u1), in blocks of `block` keys: see build-kernels.ts. */
   attend(q: number, k: number, v: number, z: number, qpos: number, kpos: number, T: number, S: number, H: number, KV: number,
     D: number, window: number, sqrtD: number, block: number, u0: number, u1: number, scratch: number): void;
@@ -102,10 +102,10 @@ export function growTo(memory: WasmMemory, end: number): void {
   if (need > pages) memory.grow(need - pages);
 }
 
-/** Floats of activation scratch per arena: inputs, outputs, and four widened weight rows. */
+/** Floats of activation scratch per arena: inputs, outputs (and each thread's widen scratch, below). */
 export const SCRATCH_X = 2 ** 21; // 8 MiB
 export const SCRATCH_Y = 2 ** 21;
-/** Longest row the matrix-matrix kernel widens (4 rows of this many floats). */
+/** Longest row the product kernels take. */
 export const MAX_K = 2 ** 16;
 
 /** Most threads the kernels run on (control slots and scratch are sized for it). */
@@ -116,7 +116,7 @@ export function defaultThreads(): number {
   return Math.min(MAX_THREADS, os.availableParallelism());
 }
 
-/** Bytes of one thread's widen scratch: four rows of MAX_K floats. */
+/** Bytes of one thread's widen scratch (1 MiB): a widened panel of the matrix-matrix kernel (at most 32768 floats, matmul.ts's gemmBlocking), or attention's scratch. */
 const WIDEN_BYTES = 4 * 4 * MAX_K;
 
 /** Bytes at the start of every arena: activations in and out, and every core's widen scratch. */

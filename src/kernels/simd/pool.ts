@@ -13,6 +13,7 @@
  *
  * Workers are unref'd: an idle pool never keeps the process alive, and they end with it.
  */
+import * as os from 'node:os';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { defaultThreads, kernelModule, MAX_THREADS, type KernelExports, type WasmMemory } from './arena.js';
 
@@ -33,6 +34,8 @@ const LDY = 10;
 const TB = 11;
 const PARTS = 12; // participants: workers + the caller
 const FAILED = 13;
+const KC = 14; // gemm: K chunk
+const PANEL = 15; // gemm: rows per panel
 const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
 const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
 const ARGS = SCRATCH + 64; // attend: its 14 arguments before the unit range (the 13th, √D, as float32 bits); SCRATCH + i is its scratch
@@ -43,10 +46,15 @@ export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5 } a
 /**
  * How long an idle thread spins before it sleeps (ms). A sleeping worker takes 0.1–0.8 ms to
  * wake on a 2-core VM (measured: a 1 MB product through the pool, 66 µs when the worker is
- * spinning, 145 µs median and 514 µs p90 after a 3 ms gap with a 0.5 ms spin); between two
- * decode steps the caller spends ~1 ms choosing the token, so the spin outlasts that gap.
+ * spinning, 145 µs median and 514 µs p90 after a 3 ms gap). Between two products of a
+ * prefill the caller spends up to ~5 ms in JavaScript (norms, RoPE, the input layout of
+ * 512 tokens), between two decode steps ~1 ms choosing the token: a 20 ms spin outlasts
+ * both (hidden-512 prefill-512 on 2 threads, one run: 520 → 622 tokens/s, the wait for
+ * the worker 85–140 → 12–170 ms). With more threads than cores a spinning thread takes
+ * the core a computing one needs, so the spin is short there.
  */
-const SPIN_MS = 2;
+const SPIN_MS = 20;
+const OVERSUBSCRIBED_SPIN_MS = 0.2;
 export const DTYPE_CODES = { bf16: 0, f16: 1, f32: 2 } as const;
 
 
@@ -60,7 +68,7 @@ export class PoolError extends Error {
  */
 const WORKER_SOURCE = `
 const { workerData, receiveMessageOnPort } = require('node:worker_threads');
-const { control, module: kernels, index, port } = workerData; // not 'module': Deno's eval worker declares it
+const { control, module: kernels, index, port, spinMs } = workerData; // not 'module': Deno's eval worker declares it
 const c = new Int32Array(control);
 const cf = new Float32Array(control);
 const instances = new Map(); // memory id → kernel exports
@@ -78,7 +86,7 @@ let seen = 0;
 for (;;) {
   // Spin a little before sleeping: during decode the next product comes within tens of
   // microseconds, sooner than a sleeping thread wakes.
-  const until = performance.now() + ${SPIN_MS};
+  const until = performance.now() + spinMs;
   while (Atomics.load(c, ${GEN}) === seen && performance.now() < until);
   Atomics.wait(c, ${GEN}, seen);
   seen = Atomics.load(c, ${GEN});
@@ -94,7 +102,7 @@ for (;;) {
         const d = names[c[${DTYPE}]];
         const op = c[${OP}];
         if (op === ${OPS.gemv}) k['gemv_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}]);
-        else if (op === ${OPS.gemm}) k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index]);
+        else if (op === ${OPS.gemm}) k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index], c[${KC}], c[${PANEL}]);
         else if (op === ${OPS.read}) k.read(c[${W}] + 64 * r0, 64 * (r1 - r0));
         else if (op === ${OPS.flops}) k.flops(c[${K}]);
         else if (op === ${OPS.attend}) {
@@ -140,10 +148,12 @@ export interface KernelJob {
   readonly r0: number;
   readonly r1: number;
   readonly K: number;
-  /** gemm only. */
+  /** gemm only: tokens, output row stride, and the blocking (see matmul.ts's gemmBlocking). */
   readonly T?: number;
   readonly ldy?: number;
   readonly tb?: number;
+  readonly kc?: number;
+  readonly panel?: number;
   /** attend only: its arguments before the unit range [r0, r1) (see build-kernels.ts); widenScratch(i) is participant i's scratch. */
   readonly args?: readonly number[];
   /** Rows a share is a multiple of (default 4, a row group of the product kernels). */
@@ -172,6 +182,8 @@ export class KernelPool {
   private readonly controlF32 = new Float32Array(this.control.buffer);
   private readonly workers: PoolWorker[] = [];
   private closed = false;
+  /** How long this pool's threads spin before they sleep (ms). */
+  private readonly spinMs: number;
 
   /** @param threads participants including the calling thread (≥ 1) */
   constructor(readonly threads: number) {
@@ -179,11 +191,12 @@ export class KernelPool {
       throw new PoolError(`threads must be an integer from 1 to ${MAX_THREADS}, got ${threads}`);
     }
     const module = kernelModule();
+    this.spinMs = threads <= os.availableParallelism() ? SPIN_MS : OVERSUBSCRIBED_SPIN_MS;
     for (let i = 1; i < threads; i++) {
       const { port1, port2 } = new MessageChannel();
       const worker = new Worker(WORKER_SOURCE, {
         eval: true,
-        workerData: { control: this.control.buffer, module, index: i, port: port2 },
+        workerData: { control: this.control.buffer, module, index: i, port: port2, spinMs: this.spinMs },
         transferList: [port2],
       });
       worker.unref();
@@ -213,7 +226,7 @@ export class KernelPool {
     c[ARENA] = id;
     c[DTYPE] = DTYPE_CODES[job.dtype];
     c[W] = job.w; c[X] = job.x; c[Y] = job.y; c[K] = job.K;
-    c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0;
+    c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0; c[KC] = job.kc ?? 0; c[PANEL] = job.panel ?? 0;
     c[PARTS] = parts;
     if (job.args !== undefined) {
       c.set(job.args, ARGS);
@@ -238,7 +251,7 @@ export class KernelPool {
     }
 
     const others = this.workers.length;
-    const until = performance.now() + SPIN_MS;
+    const until = performance.now() + this.spinMs;
     while (Atomics.load(c, DONE) < others && performance.now() < until);
     for (;;) {
       const done = Atomics.load(c, DONE);
@@ -296,7 +309,7 @@ export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: numbe
     f(job.w, job.x, job.y, r0, r1, job.K);
   } else {
     const f = job.dtype === 'bf16' ? k.gemm_bf16 : job.dtype === 'f16' ? k.gemm_f16 : k.gemm_f32;
-    f(job.w, job.x, job.y, r0, r1, job.K, job.T!, job.ldy!, job.tb!, scratch);
+    f(job.w, job.x, job.y, r0, r1, job.K, job.T!, job.ldy!, job.tb!, scratch, job.kc!, job.panel!);
   }
 }
 
