@@ -110,10 +110,11 @@ function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
  * The fused kernel over one step: its keys and values, and with a cache those it holds.
  * @param q [tokens, heads, headDim], after RoPE
  * @param k [kvHeads, tokens, headDim], after RoPE; v likewise
+ * @param out where to write z (else a new array)
  * @returns z [tokens, heads, headDim]
  */
 export function fusedAttentionStep(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[],
-  cfg: ModelConfig, cache: LayerCache | null): Float32Array {
+  cfg: ModelConfig, cache: LayerCache | null, out?: Float32Array): Float32Array {
   const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
   return fusedAttention(q, positions, { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow }, (into) => {
     if (cache !== null) return cache.updateInto(k, v, KV, D, positions, into);
@@ -121,7 +122,7 @@ export function fusedAttentionStep(q: Float32Array, k: Float32Array, v: Float32A
     a.k.set(k);
     a.v.set(v);
     return positions;
-  });
+  }, out);
 }
 
 /** The fused kernel serves models on the simd kernels whose head size it handles. */

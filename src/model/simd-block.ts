@@ -30,6 +30,26 @@ export function simdBlockFits(w: LayerWeights, cfg: ModelConfig): boolean {
     (w.mlp === undefined || [w.mlp.gate, w.mlp.up, w.mlp.down].every(stored));
 }
 
+/**
+ * The layer's activations, reused from layer to layer and forward to forward: fresh arrays
+ * of megabytes (a hidden-512 prefill of 512 tokens made 13 MB of them a layer) cost a page
+ * fault per 4 KiB when first written, ~1 ms a megabyte on a VM, and the collector's work
+ * after. An array here never outlives the call that asked for it (the forward is
+ * synchronous), so one set serves every model; each keeps the size of the largest call.
+ */
+class Activations {
+  private readonly arrays = new Map<string, Float32Array<ArrayBuffer>>();
+
+  /** The array for `role`, of exactly n floats (its contents are whatever was there). */
+  get(role: string, n: number): Float32Array<ArrayBuffer> {
+    let a = this.arrays.get(role);
+    if (a === undefined || a.length < n) this.arrays.set(role, (a = new Float32Array(n)));
+    return a.subarray(0, n);
+  }
+}
+
+const act = new Activations();
+
 /** Norm weights as arrays, read once per tensor. */
 const normData = new WeakMap<tf.Tensor, Float32Array>();
 
@@ -47,15 +67,16 @@ function normArray(t: tf.Tensor1D): Float32Array {
 export function simdBlockInPlace(resid: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
   positions: readonly number[], cache: LayerCache | null): void {
   const H = cfg.hiddenSize;
-  const normed = new Float32Array(T * H);
+  const normed = act.get('normed', T * H);
   rmsNormInto(resid, T, H, normArray(w.inputNorm), cfg.rmsNormEps, normed);
   addInto(resid, attentionPart(normed, T, w, cfg, rope, positions, cache));
   rmsNormInto(resid, T, H, normArray(w.postNorm), cfg.rmsNormEps, normed);
   if (w.mlp !== undefined) {
     const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
     const I = gate.outFeatures;
-    const gu = matmulConcat(normed, T, [gate.matrix, up.matrix]); // [tokens, 2·inter]: gate | up
-    addInto(resid, matmul(swigluKernel(gu, gu, T, I, 0, I, 2 * I), T, down.matrix));
+    const gu = matmulConcat(normed, T, [gate.matrix, up.matrix], act.get('gate|up', T * 2 * I)); // [tokens, 2·inter]
+    const h = swigluKernel(gu, gu, T, I, 0, I, 2 * I, act.get('swiglu', T * I));
+    addInto(resid, matmul(h, T, down.matrix, act.get('out', T * H)));
   } else {
     const moe = tf.tidy(() => mixtureOfExperts(tf.tensor2d(normed, [T, H]), w.moe!, cfg.numExpertsPerTok!, NO_HOOKS));
     addInto(resid, float32(moe));
@@ -79,13 +100,13 @@ function attentionPart(x: Float32Array, T: number, w: LayerWeights, cfg: ModelCo
   positions: readonly number[], cache: LayerCache | null): Float32Array {
   const { numHeads: NH, numKvHeads: KV, headDim: D } = cfg;
   const { q, k, v, o } = w.attn as { q: StoredLinear; k: StoredLinear; v: StoredLinear; o: StoredLinear };
-  const qkv = matmulConcat(x, T, [q.matrix, k.matrix, v.matrix]); // [tokens, (heads + 2·kvHeads)·headDim]
   const stride = (NH + 2 * KV) * D;
+  const qkv = matmulConcat(x, T, [q.matrix, k.matrix, v.matrix], act.get('qkv', T * stride)); // [tokens, (heads + 2·kvHeads)·headDim]
   ropeInPlace(qkv, T, NH, D, rope.cosData, rope.sinData, stride, 0);
   ropeInPlace(qkv, T, KV, D, rope.cosData, rope.sinData, stride, NH * D);
-  const qs = new Float32Array(T * NH * D); // [tokens, heads, headDim]
-  const ks = new Float32Array(KV * T * D); // [kvHeads, tokens, headDim]: the cache's order
-  const vs = new Float32Array(KV * T * D);
+  const qs = act.get('q', T * NH * D); // [tokens, heads, headDim]
+  const ks = act.get('k', KV * T * D); // [kvHeads, tokens, headDim]: the cache's order
+  const vs = act.get('v', KV * T * D);
   for (let t = 0; t < T; t++) {
     const row = t * stride;
     qs.set(qkv.subarray(row, row + NH * D), t * NH * D);
@@ -94,7 +115,8 @@ function attentionPart(x: Float32Array, T: number, w: LayerWeights, cfg: ModelCo
       vs.set(qkv.subarray(row + (NH + KV + g) * D, row + (NH + KV + g + 1) * D), (g * T + t) * D);
     }
   }
-  return matmul(fusedAttentionStep(qs, ks, vs, positions, cfg, cache), T, o.matrix);
+  const z = fusedAttentionStep(qs, ks, vs, positions, cfg, cache, act.get('z', T * NH * D));
+  return matmul(z, T, o.matrix, act.get('out', T * cfg.hiddenSize));
 }
 
 /** resid += d, rounded to float32 as tf.add rounds. */

@@ -37,10 +37,11 @@ export type KeyArrays = (keys: number) => { k: Float32Array; v: Float32Array };
  * @param queryPositions absolute position of each query
  * @param keys writes the S keys and values into the arrays `into(S)` gives it, and returns
  *   their positions
- * @returns z [T, heads, headDim]
+ * @param out where to write z (else a new array)
+ * @returns z [T, heads, headDim]: `out` when given
  */
 export function fusedAttention(q: Float32Array, queryPositions: readonly number[], shape: AttentionShape,
-  keys: (into: KeyArrays) => readonly number[]): Float32Array {
+  keys: (into: KeyArrays) => readonly number[], out?: Float32Array): Float32Array {
   const { heads: H, kvHeads: KV, headDim: D } = shape;
   if (D % 4 !== 0) throw new RangeError(`fused attention needs headDim a multiple of 4, got ${D}`);
   if (H % KV !== 0) throw new RangeError(`fused attention needs heads a multiple of kvHeads, got ${H} and ${KV}`);
@@ -71,5 +72,8 @@ export function fusedAttention(q: Float32Array, queryPositions: readonly number[
     args: [qp, kp, vp, zp, qposp, kposp, T, S, H, KV, D, shape.window ?? 0, Math.sqrt(D), BLOCK] };
   if (pool !== null) pool.run(workspace, job);
   else runShare(workspace.kernels, job, 0, T * KV, workspace.widenScratch(0));
-  return workspace.f32(zp, T * H * D).slice();
+  const z = workspace.f32(zp, T * H * D);
+  if (out === undefined) return z.slice();
+  out.set(z);
+  return out;
 }
