@@ -26,8 +26,8 @@ describe.each(['cpu', 'wasm'] as const)('whole-layer simd path on %s', (backend)
     withModel(model, { backend, weights: 'resident' }, (m) => {
       const L = m.config.numLayers;
       const ids = Array.from({ length: 2 * (m.config.slidingWindow ?? 8) + 3 }, (_, i) => (i * 29 + 3) % m.config.vocabSize);
-      const run = (hooks?: Hooks) => {
-        const r = m.forward(ids, hooks ? { hooks } : {});
+      const run = (hooks?: Hooks, lastOnly = false) => {
+        const r = m.forward(ids, { ...(hooks ? { hooks } : {}), lastOnly });
         const out = Array.from(r.logits.dataSync());
         disposeResult(r);
         return out;
@@ -37,6 +37,15 @@ describe.each(['cpu', 'wasm'] as const)('whole-layer simd path on %s', (backend)
       expect(run(watching(Array.from({ length: L }, (_, l) => l), 'hook_resid_pre'))).toEqual(arrays);
       expect(run(watching([0], 'hook_resid_post'))).toEqual(arrays); // tensor first, then arrays
       expect(run(watching([L - 1], 'mlp.hook_post'))).toEqual(arrays); // arrays, then a tensor at the end
+      // the top (final norm, lm_head) on the array, or through tensors when a hook watches it
+      const logitsHook: Hooks = new Map([['hook_logits', () => undefined]]);
+      expect(run(logitsHook)).toEqual(arrays);
+      // lastOnly: one token through lm_head (the matrix-vector kernel, so not bit for bit the
+      // last row above); the same on both paths
+      const last = run(undefined, true);
+      expect(last).toHaveLength(m.config.vocabSize);
+      expect(run(logitsHook, true)).toEqual(last);
+      expect(run(watching([L - 1], 'mlp.hook_post'), true)).toEqual(last);
     }));
 });
 

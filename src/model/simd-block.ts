@@ -84,6 +84,22 @@ export function simdBlockInPlace(resid: Float32Array, T: number, w: LayerWeights
   }
 }
 
+/**
+ * The final norm and lm_head on the stream as an array (the forward's top, as
+ * Transformer.finalNorm and unembed compute it, without a tensor between them).
+ * @param resid [tokens, hidden]
+ * @param lastOnly the last token's logits only
+ * @returns logits [tokens or 1, vocab]
+ */
+export function simdHead(resid: Float32Array, T: number, norm: tf.Tensor1D, head: StoredLinear, cfg: ModelConfig,
+  lastOnly: boolean): Float32Array {
+  const H = cfg.hiddenSize;
+  const rows = lastOnly ? 1 : T;
+  const normed = act.get('normed', rows * H);
+  rmsNormInto(resid.subarray((T - rows) * H), rows, H, normArray(norm), cfg.rmsNormEps, normed);
+  return matmul(normed, rows, head.matrix);
+}
+
 /** Whether every value is finite (x·0 is 0 for those, NaN for ±Inf and NaN). */
 export function allFiniteArray(x: Float32Array): boolean {
   let s = 0;

@@ -17,7 +17,7 @@ import { tensorSource } from './layout.js';
 import { defaultExpertCacheBytes, storedStreamPlan, type Residency } from './residency.js';
 import { rmsNorm, rmsNormWithScale } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
-import { allFiniteArray, simdBlockFits, simdBlockInPlace } from './simd-block.js';
+import { allFiniteArray, simdBlockFits, simdBlockInPlace, simdHead } from './simd-block.js';
 import { validateTensors } from './schema.js';
 import { ModelWeights, type WeightOptions } from './weights.js';
 import { dtypeSize } from '../io/safetensors.js';
@@ -67,6 +67,8 @@ export interface BatchForwardResult {
 }
 
 const FORWARD_OPTIONS = new Set(['cache', 'hooks', 'lastOnly']);
+/** Hook points of the forward's top (final norm, logits): the array path serves a forward none of them is on. */
+const HEAD_HOOKS = ['ln_final.hook_scale', 'ln_final.hook_normalized', 'hook_logits'];
 const BATCH_OPTIONS = new Set(['caches', 'hooks', 'lastOnly']);
 
 function checkOptionNames(opts: object, known: ReadonlySet<string>, what: string): void {
@@ -223,14 +225,21 @@ export class Transformer {
         }
         w.releaseLayer(l);
       }
-      const out = asTensor();
-      const logits = tf.tidy(() => {
-        const top = hookScope(hooks, '', ctx);
-        const scaleHook = top.wants('ln_final.hook_scale') ? (s: tf.Tensor2D) => top(s, 'ln_final.hook_scale') : undefined;
-        const normed = top(this.finalNorm(out, scaleHook), 'ln_final.hook_normalized');
-        const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
-        return top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
-      });
+      const top = hookScope(hooks, '', ctx);
+      const head = w.lmHead();
+      let logits: tf.Tensor2D;
+      if (xs !== null && head.kind === 'stored' && !HEAD_HOOKS.some((h) => top.wants(h))) {
+        // The stream is still an array and nothing watches the top: norm and lm_head on it.
+        logits = tf.tensor2d(simdHead(xs, T, w.finalNorm(), head, c, opts.lastOnly === true), [opts.lastOnly ? 1 : T, c.vocabSize]);
+      } else {
+        const out = asTensor();
+        logits = tf.tidy(() => {
+          const scaleHook = top.wants('ln_final.hook_scale') ? (s: tf.Tensor2D) => top(s, 'ln_final.hook_scale') : undefined;
+          const normed = top(this.finalNorm(out, scaleHook), 'ln_final.hook_normalized');
+          const last = opts.lastOnly ? tf.slice(normed, [normed.shape[0] - 1, 0], [1, -1]) : normed;
+          return top(this.unembed(last), 'hook_logits'); // [tokens, vocab]
+        });
+      }
       w.releaseHead();
       try {
         checkFinite(logits, finite);
