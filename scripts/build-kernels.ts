@@ -575,8 +575,9 @@ const mixHeads = (hp: number) => `(local.set $zrow (i32.add (local.get $z0) (i32
  * query (online softmax: a running max and sum, the output rescaled when the max grows),
  * so no [tokens, keys] score matrix exists.
  *
- * q, z: [T, H, D] f32; k, v: [KV, S, D] f32; qpos [T] and kpos [S] i32 absolute positions
- * (kpos < 0: an empty slot). Query t, head h sees key j of kv head h / (H / KV) iff
+ * q, z: [T, H, D] f32; k, v: [KV, C, D] f32, of which the first S rows of each kv head are
+ * read (C = S for keys of their own; C > S for a cache's rows in place, C its capacity);
+ * qpos [T] and kpos [S] i32 absolute positions (kpos < 0: an empty slot). Query t, head h sees key j of kv head h / (H / KV) iff
  * 0 ≤ kpos[j] ≤ qpos[t] and (window = 0 or kpos[j] > qpos[t] − window). D must be a
  * multiple of 4.
  *
@@ -603,7 +604,7 @@ const mixHeads = (hp: number) => `(local.set $zrow (i32.add (local.get $z0) (i32
 const ATTEND = () => `
   (func $attend (export "attend") (param $q i32) (param $k i32) (param $v i32) (param $z i32) (param $qpos i32) (param $kpos i32)
       (param $T i32) (param $S i32) (param $H i32) (param $KV i32) (param $D i32) (param $window i32) (param $sqrtD f32)
-      (param $B i32) (param $u0 i32) (param $u1 i32) (param $scratch i32)
+      (param $B i32) (param $C i32) (param $u0 i32) (param $u1 i32) (param $scratch i32)
     (local $G i32) (local $Db i32) (local $PB i32) (local $u i32) (local $ti i32) (local $t i32) (local $g i32) (local $qp i32) (local $lo i32)
     (local $kh i32) (local $vh i32) (local $q0 i32) (local $z0 i32) (local $list i32) (local $ps i32) (local $st i32)
     (local $j i32) (local $jr i32) (local $n i32) (local $nb i32) (local $kp i32) (local $vis i32) (local $lend4 i32) (local $i i32)
@@ -643,7 +644,8 @@ const ATTEND = () => `
       (local.set $lo (select (local.get $lo) (i32.const 0) (i32.and (i32.ne (local.get $window) (i32.const 0)) (i32.gt_s (local.get $lo) (i32.const 0)))))
       (local.set $lo4 (i32x4.splat (local.get $lo)))
       (local.set $hi4 (i32x4.splat (local.get $qp)))
-      (local.set $kh (i32.add (local.get $k) (i32.mul (i32.mul (local.get $g) (local.get $S)) (local.get $Db))))
+      ;; kv head g's rows start C rows apart (C ≥ S: a cache's capacity, its first S rows in use)
+      (local.set $kh (i32.add (local.get $k) (i32.mul (i32.mul (local.get $g) (local.get $C)) (local.get $Db))))
       (local.set $vh (i32.add (local.get $v) (i32.sub (local.get $kh) (local.get $k))))
       (local.set $q0 (i32.add (local.get $q) (i32.mul (i32.add (i32.mul (local.get $t) (local.get $H)) (i32.mul (local.get $g) (local.get $G))) (local.get $Db))))
       (local.set $z0 (i32.add (local.get $z) (i32.sub (local.get $q0) (local.get $q))))

@@ -12,6 +12,9 @@ import { useBackend } from '../src/kernels/backend.js';
 import { kernelMemory } from '../src/kernels/simd/arena.js';
 import { fusedAttention } from '../src/kernels/simd/attention.js';
 import { closeKernelPool, defaultThreads, setParallelThreshold, setThreads } from '../src/kernels/simd/pool.js';
+import { fusedAttentionStep } from '../src/model/attention.js';
+import { FullCache, RollingCache } from '../src/model/cache.js';
+import type { ModelConfig } from '../src/model/config.js';
 import type { Hooks } from '../src/model/hooks.js';
 import { canAttend } from '../src/model/mask.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
@@ -233,6 +236,100 @@ describe('fusedAttention', () => {
         expect(maxDiff(z[0]!, reference(c))).toBeLessThan(1e-6);
       }
     });
+  });
+});
+
+describe('over a cache in kernel memory, in place', () => {
+  const H = 8;
+  const KV = 2;
+  const D = 16;
+  const cfgOf = (W: number | null) => ({ numHeads: H, numKvHeads: KV, headDim: D, slidingWindow: W }) as unknown as ModelConfig;
+
+  /**
+   * Feeds chunks of random keys to a cache in kernel memory and to one in plain arrays (the
+   * copy path) side by side; every step's z is checked against the float64 reference over
+   * every key so far, and, while the order of the keys is the same on both (nothing
+   * overwritten), against the copy path bit for bit. Returns which steps ran in place.
+   */
+  function feed(W: number | null, chunks: readonly number[], seed: number): boolean[] {
+    const cfg = cfgOf(W);
+    const shape = { heads: H, kvHeads: KV, headDim: D, window: W };
+    const inKernel = W === null ? new FullCache(true) : new RollingCache(W, true);
+    const plain = W === null ? new FullCache(false) : new RollingCache(W, false);
+    const all = { kpos: [] as number[], k: [] as Float32Array[], v: [] as Float32Array[] }; // per token: [KV, D]
+    const inPlace: boolean[] = [];
+    let p0 = 0;
+    try {
+      chunks.forEach((T, i) => {
+        const positions = Array.from({ length: T }, (_, t) => p0 + t);
+        const c = randomCase(H, KV, D, W, positions, positions, seed + 3 * i);
+        const z = inKernel.attendInPlace(c.q, c.k, c.v, positions, shape);
+        inPlace.push(z !== null);
+        const got = z ?? fusedAttentionStep(c.q, c.k, c.v, positions, cfg, inKernel);
+        const copy = fusedAttentionStep(c.q, c.k, c.v, positions, cfg, plain);
+        for (let t = 0; t < T; t++) {
+          all.kpos.push(p0 + t);
+          const row = (a: Float32Array) => Float32Array.from({ length: KV * D }, (_, j) => a[(Math.floor(j / D) * T + t) * D + (j % D)]!);
+          all.k.push(row(c.k));
+          all.v.push(row(c.v));
+        }
+        // every key so far, [KV, S, D], for the reference (it masks by position)
+        const S = all.kpos.length;
+        const gather = (rows: Float32Array[]) => Float32Array.from({ length: KV * S * D }, (_, j) => {
+          const g = Math.floor(j / (S * D));
+          const r = Math.floor(j / D) % S;
+          return rows[r]![g * D + (j % D)]!;
+        });
+        const want = reference({ ...c, kpos: all.kpos, k: gather(all.k), v: gather(all.v) });
+        expect(maxDiff(got, want)).toBeLessThan(1e-6);
+        if (W === null || p0 + T <= W) expect(got).toEqual(copy);
+        p0 += T;
+      });
+    } finally {
+      inKernel.dispose();
+      plain.dispose();
+    }
+    return inPlace;
+  }
+
+  it('without a window: every step in place, through the growth 16 → 32 → 64 → 128 rows, the copy path\'s bits', () => {
+    expect(feed(null, [5, 1, 1, 13, 1, 40, 1, 30, 1, 1], 60)).toEqual(new Array(10).fill(true));
+  });
+
+  it('a rolling cache (W = 12): single tokens always in place; a chunk over slots in use takes the copy path', () => {
+    // positions 0-4, 5, 6, 7-10 (fresh slots), 11, 12 (overwrites slot 0), 13-15 (slots 1-3 in use), 16, 17-29 (longer than W)
+    expect(feed(12, [5, 1, 1, 4, 1, 1, 3, 1, 13, 1, 1], 70)).toEqual([true, true, true, true, true, true, false, true, false, true, true]);
+  });
+
+  it('a disposed cache gives its memory to the next one, which reads none of the old rows', () => {
+    feed(null, [40, 1, 1], 80);
+    feed(null, [3, 1, 1], 90); // the reused memory holds 42 rows of the first text: only the 5 of this one count
+    feed(64, [20, 1], 100);
+  });
+
+  it('gives the same bits on 1, 2 and 3 threads', () => {
+    setParallelThreshold(0);
+    try {
+      const runs = [1, 2, 3].map((n) => {
+        setThreads(n);
+        const cache = new RollingCache(16, true);
+        const shape = { heads: H, kvHeads: KV, headDim: D, window: 16 };
+        try {
+          return [10, 1, 1, 1, 1, 1, 1, 1].map((T, i) => {
+            const positions = Array.from({ length: T }, (_, t) => (i === 0 ? t : 9 + i));
+            const c = randomCase(H, KV, D, 16, positions, positions, 110 + i);
+            return Array.from(cache.attendInPlace(c.q, c.k, c.v, positions, shape)!);
+          });
+        } finally {
+          cache.dispose();
+        }
+      });
+      expect(runs[1]).toEqual(runs[0]);
+      expect(runs[2]).toEqual(runs[0]);
+    } finally {
+      setParallelThreshold(2 ** 17);
+      setThreads(defaultThreads());
+    }
   });
 });
 

@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { useBackend } from '../src/kernels/backend.js';
-import { FullCache, ModelCache, RollingCache } from '../src/model/cache.js';
+import { FullCache as Full, ModelCache, RollingCache as Rolling } from '../src/model/cache.js';
 import { canAttend } from '../src/model/mask.js';
 
 const KV = 2;
@@ -36,7 +36,7 @@ interface Seen {
 }
 
 /** One update; returns what the step attends to, as plain arrays, and disposes everything. */
-function step(cache: RollingCache | FullCache, positions: number[]): Seen {
+function step(cache: Rolling | Full, positions: number[]): Seen {
   return tf.tidy(() => {
     const k = keysAt(positions);
     const v = tf.mul(keysAt(positions), 10) as tf.Tensor3D;
@@ -69,7 +69,14 @@ beforeAll(async () => {
   await useBackend('cpu');
 });
 
-describe('RollingCache', () => {
+// Every bookkeeping test runs on both stores of the rows: plain arrays, and kernel memory
+// (where the fused attention reads them in place; growth moves each head's rows in place).
+describe.each([['plain arrays', false], ['kernel memory', true]] as const)('RollingCache, rows in %s', (_, inKernel) => {
+  const RollingCache = class extends Rolling {
+    constructor(W: number) {
+      super(W, inKernel);
+    }
+  };
   it('follows the worked example of cache.ts (W = 4: chunk 0–3, chunk 4–5, token 6)', () => {
     const before = tf.memory().numTensors;
     const cache = new RollingCache(4);
@@ -192,7 +199,12 @@ describe('RollingCache', () => {
   });
 });
 
-describe('FullCache', () => {
+describe.each([['plain arrays', false], ['kernel memory', true]] as const)('FullCache, rows in %s', (_, inKernel) => {
+  const FullCache = class extends Full {
+    constructor() {
+      super(inKernel);
+    }
+  };
   it('keeps every key, in order, and grows by one row per token', () => {
     const cache = new FullCache();
     step(cache, [0, 1, 2]);
@@ -228,9 +240,9 @@ describe('ModelCache', () => {
   it('makes one rolling cache per layer with a window, one full cache without', () => {
     const rolling = new ModelCache(3, 5);
     expect(rolling.layers).toHaveLength(3);
-    expect(rolling.layers.every((l) => l instanceof RollingCache && l.window === 5)).toBe(true);
+    expect(rolling.layers.every((l) => l instanceof Rolling && l.window === 5)).toBe(true);
     const full = new ModelCache(2, null);
-    expect(full.layers.every((l) => l instanceof FullCache)).toBe(true);
+    expect(full.layers.every((l) => l instanceof Full)).toBe(true);
     expect(rolling.length).toBe(0);
   });
 });

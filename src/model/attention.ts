@@ -107,7 +107,8 @@ function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
 }
 
 /**
- * The fused kernel over one step: its keys and values, and with a cache those it holds.
+ * The fused kernel over one step: its keys and values, and with a cache those it holds (in
+ * place when the cache lives in kernel memory, else copied next to the step's).
  * @param q [tokens, heads, headDim], after RoPE
  * @param k [kvHeads, tokens, headDim], after RoPE; v likewise
  * @param out where to write z (else a new array)
@@ -116,7 +117,10 @@ function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
 export function fusedAttentionStep(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[],
   cfg: ModelConfig, cache: LayerCache | null, out?: Float32Array): Float32Array {
   const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
-  return fusedAttention(q, positions, { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow }, (into) => {
+  const shape = { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
+  const inPlace = cache?.attendInPlace(q, k, v, positions, shape, out) ?? null;
+  if (inPlace !== null) return inPlace;
+  return fusedAttention(q, positions, shape, (into) => {
     if (cache !== null) return cache.updateInto(k, v, KV, D, positions, into);
     const a = into(positions.length);
     a.k.set(k);

@@ -20,8 +20,10 @@
  * Empty slots are never returned, so a step costs what the context costs: with W = 4096,
  * token 65 attends slots [0 … 64] + key 65, 66 keys, not 4097.
  *
- * Storage: keys and values live in two plain Float32Arrays per layer, [kvHeads, rows,
- * headDim], owned by the cache (no tensors are kept between steps). Rows are handed out as
+ * Storage: keys and values live in two Float32Arrays per layer, [kvHeads, rows, headDim],
+ * owned by the cache (no tensors are kept between steps): plain arrays, or, for a model on
+ * the simd kernels, regions of a kernel memory of the layer's own, where the fused
+ * attention reads them in place (`attendInPlace`: a decode step copies no row). Rows are handed out as
  * they are first needed, and the arrays double in size when full (at most W rows for the
  * rolling cache), so a step writes its own rows in place and copies out only the rows in
  * use. A slot gets the next free row the first time a position lands in it; a text that
@@ -31,6 +33,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { float32 } from '../kernels/fused.js';
+import { CacheRows, type AttentionShape } from '../kernels/simd/attention.js';
 
 export interface CacheView {
   /** [kvHeads, keys, headDim] */
@@ -57,6 +60,17 @@ export interface LayerCache {
    */
   updateInto(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
     into: ViewArrays): readonly number[];
+  /**
+   * The update and the fused attention kernel in one, over the cache's rows where they lie
+   * (no copy of them), for a cache kept in kernel memory: the step's keys are stored first,
+   * then every row in use is attended to. Null when the cache is not in kernel memory, or
+   * when storing first would overwrite a key an earlier token of the step still needs (a
+   * rolling cache's chunk of several tokens over slots in use): then use updateInto.
+   * @param q [tokens, heads, headDim], after RoPE; k, v as for updateInto
+   * @returns z [tokens, heads, headDim]: `out` when given
+   */
+  attendInPlace(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[], shape: AttentionShape,
+    out?: Float32Array): Float32Array | null;
   /**
    * Bytes of the keys and values held: 2 · 4 · kvHeads · rows in use · headDim. The arrays
    * behind them may be up to twice that (capacity doubles), never more than W rows.
@@ -85,10 +99,18 @@ interface NewRows {
  * its own keys (`attended`), then keeps its keys (`store`): the two caches differ only there.
  */
 abstract class KeyValueRows implements LayerCache {
+  /** The rows in kernel memory (the fused kernel reads them in place), or null: in plain arrays. */
+  private kernelRows: CacheRows | null = null;
+
+  /** @param inKernelMemory keep the rows in kernel memory (a model on the simd kernels) */
+  constructor(private readonly inKernelMemory = false) {}
+
   /** Positions of the rows in use, then of the step's keys. */
   protected abstract attended(positions: readonly number[]): readonly number[];
   /** Keeps the step's keys and values. */
   protected abstract store(step: NewRows, positions: readonly number[]): void;
+  /** Whether store() leaves every key each of the step's tokens attends to (so it may run first). */
+  protected abstract storeFirstSafe(positions: readonly number[]): boolean;
 
   update(k: tf.Tensor3D, v: tf.Tensor3D, positions: readonly number[]): CacheView {
     const step = this.read(k, v, positions);
@@ -111,11 +133,26 @@ abstract class KeyValueRows implements LayerCache {
     return seen;
   }
 
+  attendInPlace(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[], shape: AttentionShape,
+    out?: Float32Array): Float32Array | null {
+    if (!this.inKernelMemory || !this.storeFirstSafe(positions)) return null;
+    const { kvHeads, headDim } = shape;
+    const tokens = positions.length;
+    if (k.length !== kvHeads * tokens * headDim || v.length !== k.length) {
+      throw new Error(`cache update: ${k.length} key and ${v.length} value floats for ${kvHeads} heads × ${tokens} tokens × ${headDim}`);
+    }
+    this.fixShape(kvHeads, headDim);
+    this.store({ tokens, k, v }, positions);
+    return this.kernelRows!.attend(q, positions, this.rows, shape, out);
+  }
+
   private kvHeads = 0;
   private headDim = 0;
   private capacity = 0;
-  private keys = new Float32Array(0);
-  private values = new Float32Array(0);
+  private keys: Float32Array = new Float32Array(0);
+  private values: Float32Array = new Float32Array(0);
+  /** In kernel memory only: the position of each row (the kernel's mask reads it). */
+  private rowPos: Int32Array | null = null;
   /** Rows in use. */
   protected rows = 0;
 
@@ -171,6 +208,13 @@ abstract class KeyValueRows implements LayerCache {
     if (rows <= this.capacity) return;
     const { kvHeads: KV, headDim: D, capacity: C, rows: n } = this;
     const grown = Math.min(limit, Math.max(rows, 2 * C, MIN_ROWS));
+    if (this.inKernelMemory) {
+      this.kernelRows ??= new CacheRows(KV, D);
+      this.kernelRows.grow(grown, n);
+      ({ keys: this.keys, values: this.values, positions: this.rowPos } = this.kernelRows);
+      this.capacity = grown;
+      return;
+    }
     const keys = new Float32Array(KV * grown * D);
     const values = new Float32Array(KV * grown * D);
     for (let h = 0; h < KV; h++) {
@@ -182,9 +226,10 @@ abstract class KeyValueRows implements LayerCache {
     this.capacity = grown;
   }
 
-  /** Writes token t of the step into `row` (which `reserve` made room for), in place. */
-  protected write(row: number, step: NewRows, t: number): void {
+  /** Writes token t of the step, at `position`, into `row` (which `reserve` made room for), in place. */
+  protected write(row: number, step: NewRows, t: number, position: number): void {
     const { kvHeads: KV, headDim: D, capacity: C } = this;
+    if (this.rowPos !== null) this.rowPos[row] = position;
     const T = step.tokens;
     for (let h = 0; h < KV; h++) {
       const from = (h * T + t) * D;
@@ -194,6 +239,8 @@ abstract class KeyValueRows implements LayerCache {
   }
 
   dispose(): void {
+    this.kernelRows?.dispose();
+    this.kernelRows = this.rowPos = null;
     this.keys = new Float32Array(0);
     this.values = new Float32Array(0);
     this.kvHeads = this.headDim = this.capacity = this.rows = 0;
@@ -211,9 +258,14 @@ export class FullCache extends KeyValueRows {
 
   protected store(step: NewRows, positions: readonly number[]): void {
     this.reserve(this.rows + step.tokens, Infinity);
-    for (let t = 0; t < step.tokens; t++) this.write(this.rows + t, step, t);
+    for (let t = 0; t < step.tokens; t++) this.write(this.rows + t, step, t, positions[t]!);
     this.rows += step.tokens;
     this.positions = this.positions.concat(positions);
+  }
+
+  /** Nothing is ever overwritten. */
+  protected storeFirstSafe(): boolean {
+    return true;
   }
 
   override dispose(): void {
@@ -229,8 +281,8 @@ export class RollingCache extends KeyValueRows {
   /** Position held by each row in use. */
   private rowPositions: number[] = [];
 
-  constructor(readonly window: number) {
-    super();
+  constructor(readonly window: number, inKernelMemory = false) {
+    super(inKernelMemory);
     if (!Number.isInteger(window) || window < 1) throw new RangeError(`window must be an integer ≥ 1, got ${window}`);
   }
 
@@ -254,9 +306,18 @@ export class RollingCache extends KeyValueRows {
         row = this.rows++;
         this.rowOfSlot.set(slot, row);
       }
-      this.write(row, step, t);
+      this.write(row, step, t, positions[t]!);
       this.rowPositions[row] = positions[t]!;
     }
+  }
+
+  /**
+   * One token: the key it overwrites (its slot's, W positions back) is out of its window.
+   * Several: only when every slot they map to is a fresh one, and distinct.
+   */
+  protected storeFirstSafe(positions: readonly number[]): boolean {
+    const W = this.window;
+    return positions.length === 1 || (positions.length <= W && positions.every((p) => !this.rowOfSlot.has(p % W)));
   }
 
   override dispose(): void {
@@ -272,8 +333,10 @@ export class ModelCache {
   /** Number of tokens seen so far = position of the next token. */
   length = 0;
 
-  constructor(numLayers: number, window: number | null) {
-    this.layers = Array.from({ length: numLayers }, () => (window === null ? new FullCache() : new RollingCache(window)));
+  /** @param inKernelMemory keep every layer's rows in kernel memory (a model on the simd kernels; see LayerCache.attendInPlace) */
+  constructor(numLayers: number, window: number | null, inKernelMemory = false) {
+    this.layers = Array.from({ length: numLayers }, () =>
+      (window === null ? new FullCache(inKernelMemory) : new RollingCache(window, inKernelMemory)));
   }
 
   get bytes(): number {

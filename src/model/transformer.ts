@@ -140,7 +140,8 @@ export class Transformer {
 
   /** A fresh cache: rolling W slots per layer with a sliding window, else a growing one. */
   createCache(): ModelCache {
-    return new ModelCache(this.config.numLayers, this.config.slidingWindow);
+    // On the simd kernels the rows live in kernel memory, where the fused attention reads them in place.
+    return new ModelCache(this.config.numLayers, this.config.slidingWindow, this.weights.stored && this.config.headDim % 4 === 0);
   }
 
   /**

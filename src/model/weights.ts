@@ -148,6 +148,11 @@ export class ModelWeights {
     };
   }
 
+  /** Whether the projections are stored-width matrices in kernel memory (the simd kernels run them). */
+  get stored(): boolean {
+    return this.memory !== null;
+  }
+
   /** Final norm weight [hidden]. */
   finalNorm(): tf.Tensor1D {
     return this.norm('model.norm.weight');

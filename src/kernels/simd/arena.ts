@@ -20,9 +20,12 @@ export interface KernelExports {
   gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
   gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
   gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
-  /** Fused attention over units (token, kv head) [u0, u1), in blocks of `block` keys: see build-kernels.ts. */
+  /**
+   * Fused attention over units (token, kv head) [u0, u1), in blocks of `block` keys, over the
+   * first S of each kv head's rows, which start `headRows` rows apart: see build-kernels.ts.
+   */
   attend(q: number, k: number, v: number, z: number, qpos: number, kpos: number, T: number, S: number, H: number, KV: number,
-    D: number, window: number, sqrtD: number, block: number, u0: number, u1: number, scratch: number): void;
+    D: number, window: number, sqrtD: number, block: number, headRows: number, u0: number, u1: number, scratch: number): void;
   /** attend's float32 e^x (x ≤ 0), one lane: for the tests. */
   exp_f32(x: number): number;
   /** out[t, i] = silu(g[t·ld + i]) · u[t·ld + i] for t < T, i < I (byte offsets; see build-kernels.ts). */

@@ -38,7 +38,7 @@ const KC = 14; // gemm: K chunk
 const PANEL = 15; // gemm: rows per panel
 const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
 const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
-const ARGS = SCRATCH + 64; // attend: its 14 arguments before the unit range (the 13th, √D, as float32 bits); SCRATCH + i is its scratch
+const ARGS = SCRATCH + 64; // attend: its 15 arguments before the unit range (the 13th, √D, as float32 bits); SCRATCH + i is its scratch
 const SLOTS = ARGS + 16;
 
 export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5 } as const;
@@ -106,8 +106,8 @@ for (;;) {
         else if (op === ${OPS.read}) k.read(c[${W}] + 64 * r0, 64 * (r1 - r0));
         else if (op === ${OPS.flops}) k.flops(c[${K}]);
         else if (op === ${OPS.attend}) {
-          const a = c.subarray(${ARGS}, ${ARGS} + 14);
-          k.attend(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], cf[${ARGS} + 12], a[13], r0, r1, c[${SCRATCH} + index]);
+          const a = c.subarray(${ARGS}, ${ARGS} + 15);
+          k.attend(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], cf[${ARGS} + 12], a[13], a[14], r0, r1, c[${SCRATCH} + index]);
         }
       }
     }
@@ -299,7 +299,7 @@ export class KernelPool {
 export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: number, scratch: number): void {
   if (job.op === 'attend') {
     const a = job.args!;
-    k.attend(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, a[13]!, r0, r1, scratch);
+    k.attend(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, a[13]!, a[14]!, r0, r1, scratch);
   } else if (job.op === 'read') {
     k.read(job.w + 64 * r0, 64 * (r1 - r0));
   } else if (job.op === 'flops') {

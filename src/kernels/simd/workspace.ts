@@ -1,7 +1,8 @@
 /**
  * A growable kernel memory for activations only (no weights): the fused attention and the
  * elementwise kernels copy their operands in, run, and copy the result out. Regions are
- * carved afresh for every call (`reset`), so it stays as large as the largest call.
+ * carved afresh for every call (`reset`), so it stays as large as the largest call; a
+ * prefix of `reserved` bytes is kept across calls (a cache's rows: attention.ts's CacheRows).
  */
 import { growTo, kernelMemory, type KernelExports, type WasmMemory } from './arena.js';
 import type { KernelMemory } from './pool.js';
@@ -10,6 +11,8 @@ export class Workspace implements KernelMemory {
   private mem: WasmMemory | null = null;
   private instance: KernelExports | null = null;
   private top = 0;
+  /** Bytes at the start that reset() keeps. */
+  private base = 0;
   /** Participant i's kernel scratch: scratch + i · scratchStride (see scratchFor). */
   private scratch = 0;
   private scratchStride = 0;
@@ -33,11 +36,23 @@ export class Workspace implements KernelMemory {
     this.scratch = this.alloc(parts * this.scratchStride);
   }
 
-  /** Starts a call: every earlier region is free again. */
+  /** Starts a call: every region past the reserved prefix is free again. */
   reset(): void {
     if (this.mem === null) ({ memory: this.mem, kernels: this.instance } = kernelMemory(2 ** 20));
-    this.top = 0;
+    this.top = this.base;
     this.scratch = this.scratchStride = 0;
+  }
+
+  /** Keeps the first `bytes` bytes across calls (growing the memory to hold them); a call's regions follow. */
+  reserve(bytes: number): void {
+    this.base = Math.ceil(bytes / 64) * 64;
+    this.reset();
+    growTo(this.memory, this.base);
+  }
+
+  /** Whether the memory exists yet (it is made on the first reset). */
+  get started(): boolean {
+    return this.mem !== null;
   }
 
   /** A region of `bytes` bytes (64-aligned); its byte offset. */
