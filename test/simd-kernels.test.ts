@@ -96,6 +96,27 @@ describe('outputs longer than the output scratch', () => {
   });
 });
 
+describe('inputs longer than the output scratch', () => {
+  it('go in passes of whole token blocks, each row and token computed as in one pass, bit for bit', () => {
+    // 8000 rows × 600 tokens pass the 2^21-float output scratch: passes of 256, 256 and 88
+    // tokens. A row's dot product with a token does not depend on how rows and tokens are
+    // grouped, so row slices small enough for one pass must give the same bits.
+    const mem = new WeightMemory();
+    const rows = 8000;
+    const cols = 512;
+    const T = 600;
+    const { m } = store(mem, rows, cols, 'bf16', 5);
+    const rand = rng(6);
+    const x = Float32Array.from({ length: T * cols }, rand);
+    const whole = matmul(x, T, m);
+    const slice = 2000;
+    for (let r0 = 0; r0 < rows; r0 += slice) {
+      const part = matmul(x, T, { ...m, ptr: m.ptr + r0 * cols * DTYPE_BYTES.bf16, rows: slice });
+      for (let t = 0; t < T; t += 37) expect(whole.subarray(t * rows + r0, t * rows + r0 + slice)).toEqual(part.subarray(t * slice, (t + 1) * slice));
+    }
+  });
+});
+
 describe('f16 special values', () => {
   it('widens subnormals, zeros, infinities and NaN exactly', () => {
     const mem = new WeightMemory();

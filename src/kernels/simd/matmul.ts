@@ -66,8 +66,12 @@ export function matmul(x: Float32Array, T: number, m: StoredMatrix, out = new Fl
   const { rows, cols: K, arena } = m;
   if (K > MAX_K) throw new RangeError(`matmul: rows of ${K} elements exceed the kernels' ${MAX_K}`);
   if (out.length !== T * rows) throw new RangeError(`matmul: an output of ${out.length} floats for ${T} tokens × ${rows} rows`);
-  // Tokens per pass: as many as the scratch regions hold.
-  const chunk = Math.max(1, Math.min(T, Math.floor(SCRATCH_X / K), Math.floor(SCRATCH_Y / rows)));
+  // Tokens per pass: as many as the scratch regions hold, in whole token blocks of the
+  // matrix-matrix kernel when it takes several passes (each pass widens every weight once a
+  // block: 7B's gate|up took 73 tokens a pass, blocks of 32, 32 and 9).
+  let chunk = Math.max(1, Math.min(T, Math.floor(SCRATCH_X / K), Math.floor(SCRATCH_Y / rows)));
+  const { tb } = gemmBlocking(K);
+  if (chunk < T && chunk > tb) chunk -= chunk % tb;
   if (chunk * rows > SCRATCH_Y) return matmulWide(x, T, m, out);
   for (let t0 = 0; t0 < T; t0 += chunk) {
     const n = Math.min(chunk, T - t0);
