@@ -23,10 +23,10 @@
  * Storage: keys and values live in two Float32Arrays per layer, [kvHeads, rows, headDim],
  * owned by the cache (no tensors are kept between steps): plain arrays, or, for a model on
  * the simd kernels, regions of a kernel memory of the layer's own, where the fused
- * attention reads them in place (`attendInPlace`: a decode step copies no row). Rows are handed out as
- * they are first needed, and the arrays double in size when full (at most W rows for the
- * rolling cache), so a step writes its own rows in place and copies out only the rows in
- * use. A slot gets the next free row the first time a position lands in it; a text that
+ * attention reads them in place (`attendInPlace`: a decode step copies no row). Rows are
+ * handed out as they are first needed, and the arrays double in size when full (at most W
+ * rows for the rolling cache), so a step writes its own rows in place and copies out only
+ * the rows in use. A slot gets the next free row the first time a position lands in it; a text that
  * starts at position 0, as a ModelCache's does, therefore keeps slot s in row s.
  * Memory stays at most W rows however long the text grows. Without a window the cache
  * keeps every key (`FullCache`), one row per token.
