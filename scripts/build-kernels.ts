@@ -205,8 +205,9 @@ function widen(d: DType): string {
  * wf + i·wb bytes, K floats) against tokens [t0, t1) of x (token t's K floats at x + t·xs),
  * into y[t · ldy + r0 + i], added to what y holds when `acc` is set (a later K chunk).
  * Register tile: 4 rows × 2 tokens = 8 accumulators. For each pair of tokens the tile
- * runs over every row group of the panel, so the pair's x stays in L1 while the panel
- * (in L2) passes by; a tile that loaded x for each 4 rows read it from L3 for short rows.
+ * runs over every row group of the panel, so the pair's x is fetched once per panel rather
+ * than once per 4 rows (for short rows this measured the same as 4-row groups on one
+ * thread; the panels and K chunks pay off for rows past 4096, see matmul.ts).
  */
 const PANEL = () => `
   (func $panel (param $wf i32) (param $wb i32) (param $np i32) (param $r0 i32) (param $x i32) (param $xs i32)
@@ -235,7 +236,7 @@ const PANEL = () => `
         (block $kd (loop $kl
           (br_if $kd (i32.ge_u (local.get $x0) (local.get $xe)))
           ;; the four weights first, then each token's x against them: 1.2-1.4× the order
-          ;; that loads x first and each weight just before its two uses (Zen 3, V8 12)
+          ;; that loads x first in a standalone harness (Zen 3, V8 12); within noise here
           (local.set $a (v128.load (local.get $w0)))
           (local.set $b (v128.load (i32.add (local.get $w0) (local.get $wb))))
           (local.set $c (v128.load (i32.add (local.get $w0) (i32.shl (local.get $wb) (i32.const 1)))))

@@ -129,7 +129,12 @@ export function fusedAttentionStep(q: Float32Array, k: Float32Array, v: Float32A
   }, out);
 }
 
+/** Whether the fused kernel takes this model's heads (its rows go four floats at a time). */
+export function fusedHeadsFit(cfg: ModelConfig): boolean {
+  return cfg.headDim % 4 === 0;
+}
+
 /** The fused kernel serves models on the simd kernels whose head size it handles. */
 function fusedAttentionFits(w: AttentionWeights, cfg: ModelConfig): boolean {
-  return onSimdKernels(w.q) && cfg.headDim % 4 === 0;
+  return onSimdKernels(w.q) && fusedHeadsFit(cfg);
 }

@@ -121,12 +121,7 @@ abstract class KeyValueRows implements LayerCache {
 
   updateInto(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[],
     into: ViewArrays): readonly number[] {
-    const tokens = positions.length;
-    if (k.length !== kvHeads * tokens * headDim || v.length !== k.length) {
-      throw new Error(`cache update: ${k.length} key and ${v.length} value floats for ${kvHeads} heads × ${tokens} tokens × ${headDim}`);
-    }
-    this.fixShape(kvHeads, headDim);
-    const step = { tokens, k, v };
+    const step = this.stepOf(k, v, kvHeads, headDim, positions);
     const seen = this.attended(positions);
     this.viewInto(step, into);
     this.store(step, positions);
@@ -136,14 +131,18 @@ abstract class KeyValueRows implements LayerCache {
   attendInPlace(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[], shape: AttentionShape,
     out?: Float32Array): Float32Array | null {
     if (!this.inKernelMemory || !this.storeFirstSafe(positions)) return null;
-    const { kvHeads, headDim } = shape;
+    this.store(this.stepOf(k, v, shape.kvHeads, shape.headDim, positions), positions);
+    return this.kernelRows!.attend(q, positions, this.rows, shape, out);
+  }
+
+  /** A step's keys and values given as arrays, checked against its shape (the first step fixes kvHeads and headDim). */
+  private stepOf(k: Float32Array, v: Float32Array, kvHeads: number, headDim: number, positions: readonly number[]): NewRows {
     const tokens = positions.length;
     if (k.length !== kvHeads * tokens * headDim || v.length !== k.length) {
       throw new Error(`cache update: ${k.length} key and ${v.length} value floats for ${kvHeads} heads × ${tokens} tokens × ${headDim}`);
     }
     this.fixShape(kvHeads, headDim);
-    this.store({ tokens, k, v }, positions);
-    return this.kernelRows!.attend(q, positions, this.rows, shape, out);
+    return { tokens, k, v };
   }
 
   private kvHeads = 0;

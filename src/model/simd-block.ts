@@ -13,7 +13,7 @@ import { float32, rmsNormInto, ropeInPlace } from '../kernels/fused.js';
 import type { Linear, StoredLinear } from '../kernels/linear.js';
 import { swigluKernel } from '../kernels/simd/elementwise.js';
 import { matmul, matmulConcat } from '../kernels/simd/matmul.js';
-import { fusedAttentionStep } from './attention.js';
+import { fusedAttentionStep, fusedHeadsFit } from './attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
 import { NO_HOOKS } from './hooks.js';
@@ -26,7 +26,7 @@ const stored = (l: Linear | undefined): l is StoredLinear => l?.kind === 'stored
 /** Whether simdBlockInPlace serves this layer: its projections are stored ones and the fused attention takes its heads. */
 export function simdBlockFits(w: LayerWeights, cfg: ModelConfig): boolean {
   const { q, k, v, o } = w.attn;
-  return cfg.headDim % 4 === 0 && [q, k, v, o].every(stored) &&
+  return fusedHeadsFit(cfg) && [q, k, v, o].every(stored) &&
     (w.mlp === undefined || [w.mlp.gate, w.mlp.up, w.mlp.down].every(stored));
 }
 

@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { openCheckpoint, type Checkpoint } from '../io/checkpoint.js';
 import { float32, rmsNormFused } from '../kernels/fused.js';
 import { linear, onSimdKernels, type KernelsName } from '../kernels/linear.js';
+import { fusedHeadsFit } from './attention.js';
 import { decoderBlock } from './block.js';
 import { ModelCache } from './cache.js';
 import { parseConfig, type ModelConfig } from './config.js';
@@ -141,7 +142,7 @@ export class Transformer {
   /** A fresh cache: rolling W slots per layer with a sliding window, else a growing one. */
   createCache(): ModelCache {
     // On the simd kernels the rows live in kernel memory, where the fused attention reads them in place.
-    return new ModelCache(this.config.numLayers, this.config.slidingWindow, this.weights.stored && this.config.headDim % 4 === 0);
+    return new ModelCache(this.config.numLayers, this.config.slidingWindow, this.weights.stored && fusedHeadsFit(this.config));
   }
 
   /**

@@ -125,7 +125,7 @@ const SPARE_BYTES = 256 * 2 ** 20;
  * One layer's cached keys and values in a kernel memory of their own, where the fused
  * kernel reads them in place: a step used to copy every row in use into the attention's
  * workspace first (for a hidden-512 model 0.6 MB a layer a step at 576 keys; at 7B with
- * 4096 keys 67 MB a layer, about half of attention's time).
+ * 4096 keys 34 MB a layer, about half of attention's time).
  *
  * Layout: keys [kvHeads, capacity, headDim], values likewise, then each row's position
  * (i32 [capacity]); each call's regions (queries, z, scratch) follow.
@@ -133,7 +133,6 @@ const SPARE_BYTES = 256 * 2 ** 20;
 export class CacheRows {
   private readonly ws: Workspace;
   private capacity = 0;
-  private registered = false;
   /** Its memory went back to the spares (or was freed): no more use. */
   private disposed = false;
 
@@ -141,6 +140,8 @@ export class CacheRows {
     const reused = spare.pop();
     if (reused !== undefined) spareBytes -= reused.memory.buffer.byteLength;
     this.ws = reused ?? new Workspace();
+    this.ws.reset(); // makes a fresh workspace's memory, so it can be registered now
+    orphans.register(this, this.ws.memory, this);
   }
 
   /** Floats of one of keys or values. */
@@ -168,8 +169,6 @@ export class CacheRows {
     const old = this.capacity;
     if (capacity <= old) return;
     this.ws.reserve(8 * this.floats(capacity) + 4 * capacity);
-    if (!this.registered) orphans.register(this, this.ws.memory, this);
-    this.registered = true;
     // Every region moves up (or stays): move the last first, and within keys and values the
     // last head first, so nothing is overwritten before it moves.
     const bytes = new Uint8Array(this.ws.memory.buffer);
@@ -208,9 +207,7 @@ export class CacheRows {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    if (!this.ws.started) return;
     orphans.unregister(this);
-    this.registered = false;
     const bytes = this.ws.memory.buffer.byteLength;
     if (spareBytes + bytes <= SPARE_BYTES) {
       spare.push(this.ws);

@@ -50,11 +50,6 @@ export class Workspace implements KernelMemory {
     growTo(this.memory, this.base);
   }
 
-  /** Whether the memory exists yet (it is made on the first reset). */
-  get started(): boolean {
-    return this.mem !== null;
-  }
-
   /** A region of `bytes` bytes (64-aligned); its byte offset. */
   alloc(bytes: number): number {
     const start = Math.ceil(this.top / 64) * 64;
