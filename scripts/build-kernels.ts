@@ -855,32 +855,115 @@ const SUMEXP = () => {
   )`;
 };
 
+/** Two f32x4 of 8 consecutive values as the kernels' input order: the even ones, then the odd ones. */
+const evens = (a: string, b: string) => `(i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 ${a} ${b})`;
+const odds = (a: string, b: string) => `(i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 ${a} ${b})`;
+
 /**
- * SwiGLU's gating, out[t, i] = g · σ(g) · u with σ(g) = 1 / (1 + e^−g), rounded to float32
- * at each step as model/feedforward.ts's composite ops round. Row t of g and u starts at
- * g + 4·t·ld and u + 4·t·ld (byte offsets), of out at out + 4·t·I; four lanes at a time,
- * the I mod 4 tail one lane at a time through the same $exp_all.
+ * Stores 8 values computed as two f32x4 (`lo`, `hi`: elements 0–3 and 4–7) at `p`: in
+ * natural order, or, when $layout is set, in the order the products read their input
+ * (each block of 8 as its even then its odd elements; see the header).
+ */
+const store8 = (p: string, lo: string, hi: string) => `(local.set $lo ${lo})
+        (local.set $hi ${hi})
+        (if (local.get $layout)
+          (then (v128.store ${p} ${evens('(local.get $lo)', '(local.get $hi)')})
+            (v128.store offset=16 ${p} ${odds('(local.get $lo)', '(local.get $hi)')}))
+          (else (v128.store ${p} (local.get $lo)) (v128.store offset=16 ${p} (local.get $hi))))`;
+
+/**
+ * RMSNorm of rows [r0, r1) of x (K float32 each, row r at x + 4·r·K), into y at the same
+ * offsets (y = x is allowed: a row is read whole before it is written):
+ * y = x · s · w with s = 1/√(mean(x²) + eps), rounded as kernels/fused.ts's rmsNormInto
+ * always rounded: the squares summed in float64 (four interleaved parts), mean(x²) and
+ * mean + eps and s each rounded to float32, then two float32 products per element.
+ * $layout: y in the products' input order (the K mod 8 tail stays natural).
+ */
+const RMSNORM = `
+  (func $rmsnorm (export "rmsnorm") (param $x i32) (param $w i32) (param $y i32) (param $K i32) (param $eps f64)
+      (param $layout i32) (param $r0 i32) (param $r1 i32)
+    (local $r i32) (local $p i32) (local $q i32) (local $wp i32) (local $end i32) (local $v v128) (local $a v128) (local $b v128)
+    (local $sum f64) (local $sv v128) (local $lo v128) (local $hi v128)
+    (local.set $r (local.get $r0))
+    (block $rd (loop $rl
+      (br_if $rd (i32.ge_u (local.get $r) (local.get $r1)))
+      (local.set $p (i32.add (local.get $x) (i32.shl (i32.mul (local.get $r) (local.get $K)) (i32.const 2))))
+      (local.set $end (i32.add (local.get $p) (i32.shl (i32.and (local.get $K) (i32.const -4)) (i32.const 2))))
+      (local.set $a (v128.const i64x2 0 0))
+      (local.set $b (v128.const i64x2 0 0))
+      (block $sd (loop $sl
+        (br_if $sd (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $v (v128.load (local.get $p)))
+        (local.set $lo (f64x2.promote_low_f32x4 (local.get $v)))
+        (local.set $hi (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $v) (local.get $v))))
+        (local.set $a (f64x2.add (local.get $a) (f64x2.mul (local.get $lo) (local.get $lo))))
+        (local.set $b (f64x2.add (local.get $b) (f64x2.mul (local.get $hi) (local.get $hi))))
+        (local.set $p (i32.add (local.get $p) (i32.const 16)))
+        (br $sl)))
+      (local.set $a (f64x2.add (local.get $a) (local.get $b)))
+      (local.set $sum (f64.add (f64x2.extract_lane 0 (local.get $a)) (f64x2.extract_lane 1 (local.get $a))))
+      (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $K) (i32.const 3)) (i32.const 2))))
+      (block $td (loop $tl
+        (br_if $td (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $sum (f64.add (local.get $sum) (f64.mul (f64.promote_f32 (f32.load (local.get $p))) (f64.promote_f32 (f32.load (local.get $p))))))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (br $tl)))
+      (local.set $sv (f32x4.splat (f32.demote_f64 (f64.div (f64.const 1) (f64.sqrt (f64.promote_f32 (f32.demote_f64
+        (f64.add (f64.promote_f32 (f32.demote_f64 (f64.div (local.get $sum) (f64.convert_i32_u (local.get $K))))) (local.get $eps)))))))))
+      (local.set $p (i32.add (local.get $x) (i32.shl (i32.mul (local.get $r) (local.get $K)) (i32.const 2))))
+      (local.set $q (i32.add (local.get $y) (i32.shl (i32.mul (local.get $r) (local.get $K)) (i32.const 2))))
+      (local.set $wp (local.get $w))
+      (local.set $end (i32.add (local.get $p) (i32.shl (i32.and (local.get $K) (i32.const -8)) (i32.const 2))))
+      (block $vd (loop $vl
+        (br_if $vd (i32.ge_u (local.get $p) (local.get $end)))
+        ${store8('(local.get $q)', '(f32x4.mul (f32x4.mul (v128.load (local.get $p)) (local.get $sv)) (v128.load (local.get $wp)))',
+          '(f32x4.mul (f32x4.mul (v128.load offset=16 (local.get $p)) (local.get $sv)) (v128.load offset=16 (local.get $wp)))')}
+        (local.set $p (i32.add (local.get $p) (i32.const 32)))
+        (local.set $q (i32.add (local.get $q) (i32.const 32)))
+        (local.set $wp (i32.add (local.get $wp) (i32.const 32)))
+        (br $vl)))
+      (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $K) (i32.const 7)) (i32.const 2))))
+      (block $ed (loop $el
+        (br_if $ed (i32.ge_u (local.get $p) (local.get $end)))
+        (f32.store (local.get $q) (f32.mul (f32.mul (f32.load (local.get $p)) (f32x4.extract_lane 0 (local.get $sv))) (f32.load (local.get $wp))))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (local.set $q (i32.add (local.get $q) (i32.const 4)))
+        (local.set $wp (i32.add (local.get $wp) (i32.const 4)))
+        (br $el)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rl)))
+  )`;
+
+/**
+ * SwiGLU's gating for rows [r0, r1), out[t, i] = g · σ(g) · u with σ(g) = 1 / (1 + e^−g),
+ * rounded to float32 at each step as model/feedforward.ts's composite ops round. Row t of
+ * g and u starts at g + 4·t·ld and u + 4·t·ld (byte offsets), of out at out + 4·t·I; eight
+ * lanes at a time (two f32x4), the I mod 8 tail one lane at a time through the same
+ * $exp_all. $layout: out in the products' input order (the down projection reads it next).
  */
 const SWIGLU = () => {
   const one = (g: string, u: string) => `(f32x4.mul (f32x4.mul ${g} (f32x4.div (f32x4.splat (f32.const 1))
           (f32x4.add (f32x4.splat (f32.const 1)) (call $exp_all (f32x4.neg ${g}))))) ${u})`;
   return `
-  (func $swiglu (export "swiglu") (param $g i32) (param $u i32) (param $out i32) (param $T i32) (param $I i32) (param $ld i32)
-    (local $t i32) (local $i i32) (local $I4 i32) (local $gp i32) (local $up i32) (local $op i32)
-    (local.set $I4 (i32.and (local.get $I) (i32.const -4)))
+  (func $swiglu (export "swiglu") (param $g i32) (param $u i32) (param $out i32) (param $I i32) (param $ld i32)
+      (param $layout i32) (param $r0 i32) (param $r1 i32)
+    (local $t i32) (local $i i32) (local $I8 i32) (local $gp i32) (local $up i32) (local $op i32) (local $lo v128) (local $hi v128)
+    (local.set $I8 (i32.and (local.get $I) (i32.const -8)))
+    (local.set $t (local.get $r0))
     (block $td (loop $tl
-      (br_if $td (i32.ge_u (local.get $t) (local.get $T)))
+      (br_if $td (i32.ge_u (local.get $t) (local.get $r1)))
       (local.set $gp (i32.add (local.get $g) (i32.shl (i32.mul (local.get $t) (local.get $ld)) (i32.const 2))))
       (local.set $up (i32.add (local.get $u) (i32.shl (i32.mul (local.get $t) (local.get $ld)) (i32.const 2))))
       (local.set $op (i32.add (local.get $out) (i32.shl (i32.mul (local.get $t) (local.get $I)) (i32.const 2))))
       (local.set $i (i32.const 0))
       (block $vd (loop $vl
-        (br_if $vd (i32.ge_u (local.get $i) (local.get $I4)))
-        (v128.store (local.get $op) ${one('(v128.load (local.get $gp))', '(v128.load (local.get $up))')})
-        (local.set $gp (i32.add (local.get $gp) (i32.const 16)))
-        (local.set $up (i32.add (local.get $up) (i32.const 16)))
-        (local.set $op (i32.add (local.get $op) (i32.const 16)))
-        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br_if $vd (i32.ge_u (local.get $i) (local.get $I8)))
+        ${store8('(local.get $op)', one('(v128.load (local.get $gp))', '(v128.load (local.get $up))'),
+          one('(v128.load offset=16 (local.get $gp))', '(v128.load offset=16 (local.get $up))'))}
+        (local.set $gp (i32.add (local.get $gp) (i32.const 32)))
+        (local.set $up (i32.add (local.get $up) (i32.const 32)))
+        (local.set $op (i32.add (local.get $op) (i32.const 32)))
+        (local.set $i (i32.add (local.get $i) (i32.const 8)))
         (br $vl)))
       (block $sd (loop $sl
         (br_if $sd (i32.ge_u (local.get $i) (local.get $I)))
@@ -894,6 +977,27 @@ const SWIGLU = () => {
       (br $tl)))
   )`;
 };
+
+/** dst += src over rows [r0, r1) of K float32 each (row r at 4·r·K bytes from each): the residual add. */
+const ADDROWS = `
+  (func $addrows (export "addrows") (param $dst i32) (param $src i32) (param $K i32) (param $r0 i32) (param $r1 i32)
+    (local $p i32) (local $q i32) (local $end i32)
+    (local.set $p (i32.add (local.get $dst) (i32.shl (i32.mul (local.get $r0) (local.get $K)) (i32.const 2))))
+    (local.set $q (i32.add (local.get $src) (i32.shl (i32.mul (local.get $r0) (local.get $K)) (i32.const 2))))
+    (local.set $end (i32.add (local.get $dst) (i32.shl (i32.mul (local.get $r1) (local.get $K)) (i32.const 2))))
+    (block $vd (loop $vl
+      (br_if $vd (i32.gt_u (i32.add (local.get $p) (i32.const 16)) (local.get $end)))
+      (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) (v128.load (local.get $q))))
+      (local.set $p (i32.add (local.get $p) (i32.const 16)))
+      (local.set $q (i32.add (local.get $q) (i32.const 16)))
+      (br $vl)))
+    (block $sd (loop $sl
+      (br_if $sd (i32.ge_u (local.get $p) (local.get $end)))
+      (f32.store (local.get $p) (f32.add (f32.load (local.get $p)) (f32.load (local.get $q))))
+      (local.set $p (i32.add (local.get $p) (i32.const 4)))
+      (local.set $q (i32.add (local.get $q) (i32.const 4)))
+      (br $sl)))
+  )`;
 
 /**
  * The arithmetic probe: `n` rounds of 8 independent f32x4 multiply-add chains (no loads, no
@@ -967,7 +1071,9 @@ function kernelsWat(relaxed: boolean): string {
   ${ATTEND()}
   ${EXP_ALL}
   ${SUMEXP()}
+  ${RMSNORM}
   ${SWIGLU()}
+  ${ADDROWS}
   ${FLOPS()}
   ${READ}
   ${NONFINITE}

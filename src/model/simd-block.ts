@@ -11,8 +11,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { float32, rmsNormInto, ropeInPlace } from '../kernels/fused.js';
 import type { Linear, StoredLinear } from '../kernels/linear.js';
+import { feedForward, feedForwardFits, normThenProduct, productThenAdd } from '../kernels/simd/chain.js';
 import { swigluKernel } from '../kernels/simd/elementwise.js';
-import { matmul, matmulConcat } from '../kernels/simd/matmul.js';
+import { concatenated, matmul, matmulConcat } from '../kernels/simd/matmul.js';
 import { fusedAttentionStep, fusedHeadsFit } from './attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
@@ -67,17 +68,24 @@ function normArray(t: tf.Tensor1D): Float32Array {
 export function simdBlockInPlace(resid: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
   positions: readonly number[], cache: LayerCache | null): void {
   const H = cfg.hiddenSize;
-  const normed = act.get('normed', T * H);
-  rmsNormInto(resid, T, H, normArray(w.inputNorm), cfg.rmsNormEps, normed);
-  addInto(resid, attentionPart(normed, T, w, cfg, rope, positions, cache));
-  rmsNormInto(resid, T, H, normArray(w.postNorm), cfg.rmsNormEps, normed);
+  const eps = cfg.rmsNormEps;
+  attentionPart(resid, T, w, cfg, rope, positions, cache);
   if (w.mlp !== undefined) {
     const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
+    const gateUp = concatenated([gate.matrix, up.matrix]);
+    if (gateUp !== null && feedForwardFits(gateUp, down.matrix)) {
+      feedForward(resid, T, normArray(w.postNorm), eps, gateUp, down.matrix);
+      return;
+    }
     const I = gate.outFeatures;
+    const normed = act.get('normed', T * H);
+    rmsNormInto(resid, T, H, normArray(w.postNorm), eps, normed);
     const gu = matmulConcat(normed, T, [gate.matrix, up.matrix], act.get('gate|up', T * 2 * I)); // [tokens, 2·inter]
     const h = swigluKernel(gu, gu, T, I, 0, I, 2 * I, act.get('swiglu', T * I));
     addInto(resid, matmul(h, T, down.matrix, act.get('out', T * H)));
   } else {
+    const normed = act.get('normed', T * H);
+    rmsNormInto(resid, T, H, normArray(w.postNorm), eps, normed);
     const moe = tf.tidy(() => mixtureOfExperts(tf.tensor2d(normed, [T, H]), w.moe!, cfg.numExpertsPerTok!, NO_HOOKS));
     addInto(resid, float32(moe));
     moe.dispose();
@@ -108,16 +116,25 @@ export function allFiniteArray(x: Float32Array): boolean {
 }
 
 /**
- * Rotated q and k, the cache update and the fused attention, then o_proj.
- * @param x [tokens, hidden], normalised
- * @returns [tokens, hidden]
+ * resid += o_proj(attention(rmsNorm(resid))): q|k|v, RoPE on q and k, the cache update
+ * and the fused attention, o_proj and the residual add.
+ * @param resid [tokens, hidden]
  */
-function attentionPart(x: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
-  positions: readonly number[], cache: LayerCache | null): Float32Array {
-  const { numHeads: NH, numKvHeads: KV, headDim: D } = cfg;
+function attentionPart(resid: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
+  positions: readonly number[], cache: LayerCache | null): void {
+  const { numHeads: NH, numKvHeads: KV, headDim: D, hiddenSize: H } = cfg;
   const { q, k, v, o } = w.attn as { q: StoredLinear; k: StoredLinear; v: StoredLinear; o: StoredLinear };
   const stride = (NH + 2 * KV) * D;
-  const qkv = matmulConcat(x, T, [q.matrix, k.matrix, v.matrix], act.get('qkv', T * stride)); // [tokens, (heads + 2·kvHeads)·headDim]
+  const qkv = act.get('qkv', T * stride); // [tokens, (heads + 2·kvHeads)·headDim]
+  const qkvWeights = concatenated([q.matrix, k.matrix, v.matrix]);
+  const norm = normArray(w.inputNorm);
+  if (qkvWeights !== null) {
+    normThenProduct(resid, T, norm, cfg.rmsNormEps, qkvWeights, qkv);
+  } else {
+    const normed = act.get('normed', T * H);
+    rmsNormInto(resid, T, H, norm, cfg.rmsNormEps, normed);
+    matmulConcat(normed, T, [q.matrix, k.matrix, v.matrix], qkv);
+  }
   ropeInPlace(qkv, T, NH, D, rope.cosData, rope.sinData, stride, 0);
   ropeInPlace(qkv, T, KV, D, rope.cosData, rope.sinData, stride, NH * D);
   const qs = act.get('q', T * NH * D); // [tokens, heads, headDim]
@@ -132,7 +149,7 @@ function attentionPart(x: Float32Array, T: number, w: LayerWeights, cfg: ModelCo
     }
   }
   const z = fusedAttentionStep(qs, ks, vs, positions, cfg, cache, act.get('z', T * NH * D));
-  return matmul(z, T, o.matrix, act.get('out', T * cfg.hiddenSize));
+  productThenAdd(z, T, o.matrix, resid);
 }
 
 /** resid += d, rounded to float32 as tf.add rounds. */

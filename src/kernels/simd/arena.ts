@@ -28,8 +28,15 @@ export interface KernelExports {
     D: number, window: number, sqrtD: number, block: number, headRows: number, u0: number, u1: number, scratch: number): void;
   /** attend's float32 e^x (x ≤ 0), one lane: for the tests. */
   exp_f32(x: number): number;
-  /** out[t, i] = silu(g[t·ld + i]) · u[t·ld + i] for t < T, i < I (byte offsets; see build-kernels.ts). */
-  swiglu(g: number, u: number, out: number, T: number, I: number, ld: number): void;
+  /**
+   * out[t, i] = silu(g[t·ld + i]) · u[t·ld + i] for r0 ≤ t < r1, i < I (byte offsets; layout
+   * 1: out in the products' input order; see build-kernels.ts).
+   */
+  swiglu(g: number, u: number, out: number, I: number, ld: number, layout: number, r0: number, r1: number): void;
+  /** RMSNorm of rows [r0, r1) of x [·, K] with weight w into y (may be x); layout as swiglu's. */
+  rmsnorm(x: number, w: number, y: number, K: number, eps: number, layout: number, r0: number, r1: number): void;
+  /** dst += src over rows [r0, r1) of K floats. */
+  addrows(dst: number, src: number, K: number, r0: number, r1: number): void;
   /** Σ e^(x − m) in float64 over the n float32 values at p (see build-kernels.ts). */
   sumexp(p: number, n: number, m: number): number;
   /** Folds n bytes from p into one value (the bandwidth probe). */

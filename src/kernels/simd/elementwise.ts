@@ -1,9 +1,10 @@
 /**
- * Elementwise kernels that are worth wasm, both an exp per element: SwiGLU's gate, which
- * in a JavaScript loop (Math.exp, one at a time) cost 9% of a hidden-512 prefill (four
- * float32 lanes at a time: build-kernels.ts, `$exp_all`, within 2 ulp), and the normaliser of
- * a token's log-probability over the vocabulary, 0.5 ms a decode step in JavaScript (two
- * float64 lanes: `sumexp`).
+ * Elementwise kernels on arrays (operands copied into a workspace memory and back): SwiGLU's
+ * gate, which in a JavaScript loop (Math.exp, one at a time) cost 9% of a hidden-512 prefill
+ * (four float32 lanes at a time: build-kernels.ts, `$exp_all`, within 2 ulp); RMSNorm, the
+ * same kernel the whole-layer path runs in the weights' memory (simd/chain.ts), so the two
+ * paths agree bit for bit; and the normaliser of a token's log-probability over the
+ * vocabulary, 0.5 ms a decode step in JavaScript (two float64 lanes: `sumexp`).
  */
 import { Workspace } from './workspace.js';
 
@@ -26,11 +27,27 @@ export function swigluKernel(gate: Float32Array, up: Float32Array, T: number, I:
   const op = workspace.alloc(4 * T * I);
   workspace.f32(gp, n).set(gate.subarray(0, n));
   if (!same) workspace.f32(up_, n).set(up.subarray(0, n));
-  workspace.kernels.swiglu(gp + 4 * gOff, up_ + 4 * uOff, op, T, I, ld);
+  workspace.kernels.swiglu(gp + 4 * gOff, up_ + 4 * uOff, op, I, ld, 0, 0, T);
   const result = workspace.f32(op, T * I);
   if (out === undefined) return result.slice();
   out.set(result);
   return out;
+}
+
+/**
+ * y = x · w / √(mean(x²) + eps) row by row (build-kernels.ts, `$rmsnorm`).
+ * @param x [T, K]
+ * @param w [K]
+ * @param y [T, K], written (may be x)
+ */
+export function rmsNormKernel(x: Float32Array, T: number, K: number, w: Float32Array, eps: number, y: Float32Array): void {
+  workspace.reset();
+  const xp = workspace.alloc(4 * T * K);
+  const wp = workspace.alloc(4 * K);
+  workspace.f32(xp, T * K).set(x.subarray(0, T * K));
+  workspace.f32(wp, K).set(w.subarray(0, K));
+  workspace.kernels.rmsnorm(xp, wp, xp, K, eps, 0, 0, T);
+  y.set(workspace.f32(xp, T * K));
 }
 
 /**

@@ -66,19 +66,29 @@ export function matmul(x: Float32Array, T: number, m: StoredMatrix, out = new Fl
   const { rows, cols: K, arena } = m;
   if (K > MAX_K) throw new RangeError(`matmul: rows of ${K} elements exceed the kernels' ${MAX_K}`);
   if (out.length !== T * rows) throw new RangeError(`matmul: an output of ${out.length} floats for ${T} tokens × ${rows} rows`);
-  // Tokens per pass: as many as the scratch regions hold, in whole token blocks of the
-  // matrix-matrix kernel when it takes several passes (each pass widens every weight once a
-  // block: 7B's gate|up took 73 tokens a pass, blocks of 32, 32 and 9).
-  let chunk = Math.max(1, Math.min(T, Math.floor(SCRATCH_X / K), Math.floor(SCRATCH_Y / rows)));
-  const { tb } = gemmBlocking(K);
-  if (chunk < T && chunk > tb) chunk -= chunk % tb;
-  if (chunk * rows > SCRATCH_Y) return matmulWide(x, T, m, out);
+  if (rows > SCRATCH_Y) return matmulWide(x, T, m, out);
+  const chunk = tokensPerPass(T, K, K, rows);
   for (let t0 = 0; t0 < T; t0 += chunk) {
     const n = Math.min(chunk, T - t0);
     run(arena, m, x.subarray(t0 * K, (t0 + n) * K), n, 0, rows, arena.y, rows);
     out.set(arena.floats(arena.y, n * rows), t0 * rows);
   }
   return out;
+}
+
+/**
+ * Tokens a pass can take when each token needs `xPerToken` floats of the input scratch and
+ * `yPerToken` of the output scratch (of `xFloats` and `yFloats`), for a product with rows
+ * of K: as many as fit, in whole token blocks of the matrix-matrix kernel when it takes
+ * several passes (each pass widens every weight once a block: 7B's gate|up took 73 tokens
+ * a pass, blocks of 32, 32 and 9).
+ */
+export function tokensPerPass(T: number, K: number, xPerToken: number, yPerToken: number, xFloats = SCRATCH_X,
+  yFloats = SCRATCH_Y): number {
+  let chunk = Math.max(1, Math.min(T, Math.floor(xFloats / xPerToken), Math.floor(yFloats / yPerToken)));
+  const { tb } = gemmBlocking(K);
+  if (chunk < T && chunk > tb) chunk -= chunk % tb;
+  return chunk;
 }
 
 /** A single token against more rows than the output scratch holds (a huge vocabulary): row slices. */
@@ -96,19 +106,34 @@ function matmulWide(x: Float32Array, T: number, m: StoredMatrix, out: Float32Arr
 
 /** Rows [r0, r1) of n tokens, into y (byte offset; element (t, r) at y + 4·(t·ldy + r)). */
 function run(arena: Arena, m: StoredMatrix, x: Float32Array, n: number, r0: number, r1: number, y: number, ldy: number): void {
+  layoutInput(x, n, m.cols, m.dtype, arena.floats(arena.x, n * m.cols));
+  productAt(m, arena.x, n, r0, r1, y, ldy);
+}
+
+/**
+ * Rows [r0, r1) of the product of n tokens whose input already lies in m's arena at byte
+ * offset `xp`, in the kernels' order (layoutInput's), into y (byte offset; element (t, r) at
+ * y + 4·(t·ldy + r)).
+ */
+export function productAt(m: StoredMatrix, xp: number, n: number, r0: number, r1: number, y: number, ldy: number): void {
   const K = m.cols;
-  layoutInput(x, n, K, m.dtype, arena.floats(arena.x, n * K));
   const job: KernelJob = n === 1
-    ? { op: 'gemv', dtype: m.dtype, w: m.ptr, x: arena.x, y, r0, r1, K }
-    : { op: 'gemm', dtype: m.dtype, w: m.ptr, x: arena.x, y, r0, r1, K, T: n, ldy, ...gemmBlocking(K) };
+    ? { op: 'gemv', dtype: m.dtype, w: m.ptr, x: xp, y, r0, r1, K }
+    : { op: 'gemm', dtype: m.dtype, w: m.ptr, x: xp, y, r0, r1, K, T: n, ldy, ...gemmBlocking(K) };
   const pool = poolFor((r1 - r0) * K * n);
-  if (pool !== null) pool.run(arena, job);
-  else runShare(arena.kernels, job, r0, r1, arena.widenScratch(0));
+  if (pool !== null) pool.run(m.arena, job);
+  else runShare(m.arena.kernels, job, r0, r1, m.arena.widenScratch(0));
 }
 
 /** Whether `b` starts where `a` ends in the same arena, rows of the same width and type. */
 function follows(a: StoredMatrix, b: StoredMatrix): boolean {
   return a.arena === b.arena && a.dtype === b.dtype && a.cols === b.cols && b.ptr === a.ptr + a.rows * a.cols * DTYPE_BYTES[a.dtype];
+}
+
+/** [W₀; W₁; …] as one matrix when each weight starts where the one before ends; else null. */
+export function concatenated(ms: readonly StoredMatrix[]): StoredMatrix | null {
+  if (!ms.every((m, i) => i === 0 || follows(ms[i - 1]!, m))) return null;
+  return { ...ms[0]!, rows: ms.reduce((n, m) => n + m.rows, 0) };
 }
 
 /**
@@ -120,9 +145,9 @@ function follows(a: StoredMatrix, b: StoredMatrix): boolean {
  */
 export function matmulConcat(x: Float32Array, T: number, ms: readonly StoredMatrix[],
   out = new Float32Array(T * ms.reduce((n, m) => n + m.rows, 0))): Float32Array {
-  const first = ms[0]!;
   const rows = ms.reduce((n, m) => n + m.rows, 0);
-  if (ms.every((m, i) => i === 0 || follows(ms[i - 1]!, m))) return matmul(x, T, { ...first, rows }, out);
+  const whole = concatenated(ms);
+  if (whole !== null) return matmul(x, T, whole, out);
   if (out.length !== T * rows) throw new RangeError(`matmulConcat: an output of ${out.length} floats for ${T} tokens × ${rows} rows`);
   let col = 0;
   for (const m of ms) {

@@ -39,9 +39,11 @@ const PANEL = 15; // gemm: rows per panel
 const ROWS = 16; // ROWS + 2i, ROWS + 2i + 1: rows [r0, r1) of participant i
 const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
 const ARGS = SCRATCH + 64; // attend: its 15 arguments before the unit range (the 13th, √D, as float32 bits); SCRATCH + i is its scratch
-const SLOTS = ARGS + 16;
+// (the elementwise kernels: their integer arguments before the row range)
+const EPS = (ARGS + 16) / 2; // rmsnorm's eps, as a float64 (index into the block as Float64Array)
+const SLOTS = ARGS + 18;
 
-export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5 } as const;
+export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5, rmsnorm: 6, swiglu: 7, addrows: 8 } as const;
 
 /**
  * How long an idle thread spins before it sleeps (ms). A sleeping worker takes 0.1–0.8 ms to
@@ -71,6 +73,7 @@ const { workerData, receiveMessageOnPort } = require('node:worker_threads');
 const { control, module: kernels, index, port, spinMs } = workerData; // not 'module': Deno's eval worker declares it
 const c = new Int32Array(control);
 const cf = new Float32Array(control);
+const cd = new Float64Array(control);
 const instances = new Map(); // memory id → kernel exports
 const names = ['bf16', 'f16', 'f32'];
 // Memories arrive (and are forgotten, when their model is disposed) as messages, read
@@ -108,7 +111,9 @@ for (;;) {
         else if (op === ${OPS.attend}) {
           const a = c.subarray(${ARGS}, ${ARGS} + 15);
           k.attend(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], cf[${ARGS} + 12], a[13], a[14], r0, r1, c[${SCRATCH} + index]);
-        }
+        } else if (op === ${OPS.rmsnorm}) k.rmsnorm(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], c[${ARGS} + 3], cd[${EPS}], c[${ARGS} + 4], r0, r1);
+        else if (op === ${OPS.swiglu}) k.swiglu(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], c[${ARGS} + 3], c[${ARGS} + 4], c[${ARGS} + 5], r0, r1);
+        else if (op === ${OPS.addrows}) k.addrows(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], r0, r1);
       }
     }
   } catch (e) {
@@ -139,8 +144,9 @@ export interface KernelJob {
   /**
    * gemv, gemm: rows [r0, r1) of a product. The probes: read, a 64-byte block per "row"
    * from w; flops, K rounds of the arithmetic probe per participant (one "row" group each).
+   * attend: units (token, kv head). rmsnorm, swiglu, addrows: rows [r0, r1) of tokens.
    */
-  readonly op: 'gemv' | 'gemm' | 'read' | 'flops' | 'attend';
+  readonly op: 'gemv' | 'gemm' | 'read' | 'flops' | 'attend' | 'rmsnorm' | 'swiglu' | 'addrows';
   readonly dtype: keyof typeof DTYPE_CODES;
   readonly w: number;
   readonly x: number;
@@ -154,8 +160,13 @@ export interface KernelJob {
   readonly tb?: number;
   readonly kc?: number;
   readonly panel?: number;
-  /** attend only: its arguments before the unit range [r0, r1) (see build-kernels.ts); widenScratch(i) is participant i's scratch. */
+  /**
+   * attend and the elementwise kernels: their arguments before the range [r0, r1) (see
+   * build-kernels.ts; rmsnorm's eps apart); widenScratch(i) is participant i's scratch.
+   */
   readonly args?: readonly number[];
+  /** rmsnorm only. */
+  readonly eps?: number;
   /** Rows a share is a multiple of (default 4, a row group of the product kernels). */
   readonly align?: number;
 }
@@ -180,6 +191,7 @@ function memoryId(m: WasmMemory): number {
 export class KernelPool {
   private readonly control = new Int32Array(new SharedArrayBuffer(4 * SLOTS));
   private readonly controlF32 = new Float32Array(this.control.buffer);
+  private readonly controlF64 = new Float64Array(this.control.buffer);
   private readonly workers: PoolWorker[] = [];
   private closed = false;
   /** How long this pool's threads spin before they sleep (ms). */
@@ -230,8 +242,9 @@ export class KernelPool {
     c[PARTS] = parts;
     if (job.args !== undefined) {
       c.set(job.args, ARGS);
-      this.controlF32[ARGS + 12] = job.args[12]!;
+      if (job.op === 'attend') this.controlF32[ARGS + 12] = job.args[12]!;
     }
+    if (job.eps !== undefined) this.controlF64[EPS] = job.eps;
     for (let i = 0; i < parts; i++) {
       [c[ROWS + 2 * i], c[ROWS + 2 * i + 1]] = share(job.r0, job.r1, parts, i, align);
       c[SCRATCH + i] = arena.widenScratch(i);
@@ -300,6 +313,15 @@ export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: numbe
   if (job.op === 'attend') {
     const a = job.args!;
     k.attend(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, a[13]!, a[14]!, r0, r1, scratch);
+  } else if (job.op === 'rmsnorm') {
+    const a = job.args!;
+    k.rmsnorm(a[0]!, a[1]!, a[2]!, a[3]!, job.eps!, a[4]!, r0, r1);
+  } else if (job.op === 'swiglu') {
+    const a = job.args!;
+    k.swiglu(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, r0, r1);
+  } else if (job.op === 'addrows') {
+    const a = job.args!;
+    k.addrows(a[0]!, a[1]!, a[2]!, r0, r1);
   } else if (job.op === 'read') {
     k.read(job.w + 64 * r0, 64 * (r1 - r0));
   } else if (job.op === 'flops') {
