@@ -201,6 +201,20 @@ function widen(d: DType): string {
 }
 
 /**
+ * [hsum a, hsum b, hsum c, hsum d] into `into`, each lane summed as hsum sums it,
+ * (l0 + l1) + (l2 + l3): pairs of lanes added in one vector, then the pairs' sums in another.
+ */
+const sums4 = (a: string, b: string, c: string, d: string, into: string) => `(local.set $p
+            (f32x4.add (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get ${a}) (local.get ${b}))
+              (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get ${a}) (local.get ${b}))))
+          (local.set ${into}
+            (f32x4.add (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get ${c}) (local.get ${d}))
+              (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get ${c}) (local.get ${d}))))
+          (local.set ${into}
+            (f32x4.add (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $p) (local.get ${into}))
+              (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $p) (local.get ${into}))))`;
+
+/**
  * The float32 core of the matrix-matrix product: a panel of `np` float32 rows (row i at
  * wf + i·wb bytes, K floats) against tokens [t0, t1) of x (token t's K floats at x + t·xs),
  * into y[t · ldy + r0 + i], added to what y holds when `acc` is set (a later K chunk).
@@ -255,9 +269,19 @@ const PANEL = () => `
           (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
           (local.set $x1 (i32.add (local.get $x1) (i32.const 16)))
           (br $kl)))
+        (local.set $yp (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $g))) (i32.const 2))))
+        (if (i32.eq (local.get $K4) (local.get $K)) (then
+          ;; no tail: each token's four sums as one vector, stored at once (its 4 rows are adjacent in y)
+          ${sums4('$a0', '$b0', '$c0', '$d0', '$a')}
+          ${sums4('$a1', '$b1', '$c1', '$d1', '$b')}
+          (if (local.get $acc) (then
+            (local.set $a (f32x4.add (v128.load (local.get $yp)) (local.get $a)))
+            (local.set $b (f32x4.add (v128.load (i32.add (local.get $yp) (local.get $ys))) (local.get $b)))))
+          (v128.store (local.get $yp) (local.get $a))
+          (v128.store (i32.add (local.get $yp) (local.get $ys)) (local.get $b)))
+        (else
         ;; sums, then the K mod 4 tail of each of the 8 dot products ($x0, $x1 point at the
         ;; tails of the two tokens, $w0 at row g's)
-        (local.set $yp (i32.add (local.get $y) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ldy)) (i32.add (local.get $r0) (local.get $g))) (i32.const 2))))
         ${[['$a0', '$a1', 0], ['$b0', '$b1', 1], ['$c0', '$c1', 2], ['$d0', '$d1', 3]].map(([u, v, r]) => `
         (local.set $s ${hsum(`(local.get ${u})`)})
         (local.set $u ${hsum(`(local.get ${v})`)})
@@ -276,7 +300,7 @@ const PANEL = () => `
           (local.set $s (f32.add (f32.load offset=${4 * Number(r)} (local.get $yp)) (local.get $s)))
           (local.set $u (f32.add (f32.load offset=${4 * Number(r)} (i32.add (local.get $yp) (local.get $ys))) (local.get $u)))))
         (f32.store offset=${4 * Number(r)} (local.get $yp) (local.get $s))
-        (f32.store offset=${4 * Number(r)} (i32.add (local.get $yp) (local.get $ys)) (local.get $u))`).join('')}
+        (f32.store offset=${4 * Number(r)} (i32.add (local.get $yp) (local.get $ys)) (local.get $u))`).join('')}))
         (local.set $g (i32.add (local.get $g) (i32.const 4)))
         (br $gl)))
       ;; the panel's last rows (fewer than 4), one dot product each for both tokens
@@ -978,6 +1002,60 @@ const SWIGLU = () => {
   )`;
 };
 
+/**
+ * Rotate-half RoPE in place, as fused.ts's ropeInPlace rounds it: for tokens [r0, r1) of x
+ * (token t's row at x + 4·t·ld bytes), its first `heads` heads of D floats, with the angles'
+ * rows cos, sin [T, D] (both halves): x[i] = a·cos[i] − b·sin[i] and x[i + D/2] =
+ * b·cos[i + D/2] + a·sin[i + D/2] for a = x[i], b = x[i + D/2]; a product and a sum each
+ * rounded to float32 (no multiply-add: a fused one would round once). D must be even.
+ */
+const ROPE = `
+  (func $rope (export "rope") (param $x i32) (param $cos i32) (param $sin i32) (param $ld i32) (param $heads i32) (param $D i32)
+      (param $r0 i32) (param $r1 i32)
+    (local $t i32) (local $h i32) (local $i i32) (local $hb i32) (local $hb4 i32) (local $p i32) (local $c i32) (local $s i32)
+    (local $a v128) (local $b v128) (local $fa f32) (local $fb f32)
+    (local.set $hb (i32.shl (local.get $D) (i32.const 1))) ;; half a head, in bytes
+    (local.set $hb4 (i32.and (local.get $hb) (i32.const -16)))
+    (local.set $t (local.get $r0))
+    (block $td (loop $tl
+      (br_if $td (i32.ge_u (local.get $t) (local.get $r1)))
+      (local.set $h (i32.const 0))
+      (block $hd (loop $hl
+        (br_if $hd (i32.ge_u (local.get $h) (local.get $heads)))
+        (local.set $p (i32.add (local.get $x) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ld)) (i32.mul (local.get $h) (local.get $D))) (i32.const 2))))
+        (local.set $c (i32.add (local.get $cos) (i32.shl (i32.mul (local.get $t) (local.get $D)) (i32.const 2))))
+        (local.set $s (i32.add (local.get $sin) (i32.sub (local.get $c) (local.get $cos))))
+        (local.set $i (i32.const 0))
+        (block $vd (loop $vl
+          (br_if $vd (i32.ge_u (local.get $i) (local.get $hb4)))
+          (local.set $a (v128.load (i32.add (local.get $p) (local.get $i))))
+          (local.set $b (v128.load (i32.add (i32.add (local.get $p) (local.get $hb)) (local.get $i))))
+          (v128.store (i32.add (local.get $p) (local.get $i))
+            (f32x4.sub (f32x4.mul (local.get $a) (v128.load (i32.add (local.get $c) (local.get $i))))
+              (f32x4.mul (local.get $b) (v128.load (i32.add (local.get $s) (local.get $i))))))
+          (v128.store (i32.add (i32.add (local.get $p) (local.get $hb)) (local.get $i))
+            (f32x4.add (f32x4.mul (local.get $b) (v128.load (i32.add (i32.add (local.get $c) (local.get $hb)) (local.get $i))))
+              (f32x4.mul (local.get $a) (v128.load (i32.add (i32.add (local.get $s) (local.get $hb)) (local.get $i))))))
+          (local.set $i (i32.add (local.get $i) (i32.const 16)))
+          (br $vl)))
+        (block $sd (loop $sl
+          (br_if $sd (i32.ge_u (local.get $i) (local.get $hb)))
+          (local.set $fa (f32.load (i32.add (local.get $p) (local.get $i))))
+          (local.set $fb (f32.load (i32.add (i32.add (local.get $p) (local.get $hb)) (local.get $i))))
+          (f32.store (i32.add (local.get $p) (local.get $i))
+            (f32.sub (f32.mul (local.get $fa) (f32.load (i32.add (local.get $c) (local.get $i))))
+              (f32.mul (local.get $fb) (f32.load (i32.add (local.get $s) (local.get $i))))))
+          (f32.store (i32.add (i32.add (local.get $p) (local.get $hb)) (local.get $i))
+            (f32.add (f32.mul (local.get $fb) (f32.load (i32.add (i32.add (local.get $c) (local.get $hb)) (local.get $i))))
+              (f32.mul (local.get $fa) (f32.load (i32.add (i32.add (local.get $s) (local.get $hb)) (local.get $i))))))
+          (local.set $i (i32.add (local.get $i) (i32.const 4)))
+          (br $sl)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $hl)))
+      (local.set $t (i32.add (local.get $t) (i32.const 1)))
+      (br $tl)))
+  )`;
+
 /** dst += src over rows [r0, r1) of K float32 each (row r at 4·r·K bytes from each): the residual add. */
 const ADDROWS = `
   (func $addrows (export "addrows") (param $dst i32) (param $src i32) (param $K i32) (param $r0 i32) (param $r1 i32)
@@ -1074,6 +1152,7 @@ function kernelsWat(relaxed: boolean): string {
   ${RMSNORM}
   ${SWIGLU()}
   ${ADDROWS}
+  ${ROPE}
   ${FLOPS()}
   ${READ}
   ${NONFINITE}

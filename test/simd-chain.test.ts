@@ -1,12 +1,12 @@
 /**
  * Kernel chains in the weights' memory (src/kernels/simd/chain.ts): each must equal its
- * steps done one by one on arrays (rmsNormInto, matmul, swigluKernel, a float32 add) bit for
+ * steps done one by one on arrays (rmsNormInto, matmul, ropeInPlace, swigluKernel, a float32 add) bit for
  * bit, whatever the weights' type (the products' input order for 2-byte weights, natural for
  * f32), the thread count, and however many passes the tokens take; rows of 8 and tails. And
  * the RMSNorm kernel against float64 arithmetic, and in place.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { rmsNormInto } from '../src/kernels/fused.js';
+import { rmsNormInto, ropeInPlace } from '../src/kernels/fused.js';
 import { WeightMemory } from '../src/kernels/simd/arena.js';
 import { feedForward, feedForwardFits, normThenProduct, productThenAdd } from '../src/kernels/simd/chain.js';
 import { swigluKernel } from '../src/kernels/simd/elementwise.js';
@@ -120,6 +120,38 @@ describe.each(['bf16', 'f16', 'f32'] as const)('kernel chains over %s weights', 
       const got = normThenProduct(x, T, w, eps, m, new Float32Array(T * m.rows));
       expectSameBits(got, want);
     });
+  });
+
+  it.each([[1, 8], [7, 12], [5, 6], [300, 64]])('normThenProduct with RoPE equals it without, then ropeInPlace on q and k (%i tokens, head dim %i)', (T, D) => {
+    // heads: 3 of q, 1 of k, then 1 of v (not rotated); 300 tokens of 64-element rows against
+    // 256 heads of 64 take several passes
+    const heads = T === 300 ? 256 : 5;
+    const K = T === 300 ? 64 : 19;
+    const m = matrix(heads * D, K, dtype, 31);
+    const x = values(T * K, 32, 4);
+    const w = values(K, 33);
+    const cos = values(T * D, 34);
+    const sin = values(T * D, 35);
+    const rotated = heads - 1;
+    if (T === 300) expect(tokensPerPass(T, K, K + 2 * D, m.rows)).toBeLessThan(T / 2);
+    const want = normThenProduct(x, T, w, eps, m, new Float32Array(T * m.rows));
+    ropeInPlace(want, T, rotated, D, cos, sin, m.rows, 0);
+    onThreads(() => {
+      const got = normThenProduct(x, T, w, eps, m, new Float32Array(T * m.rows), { cos, sin, heads: rotated, headDim: D });
+      expectSameBits(got, want);
+    });
+  });
+
+  it('normThenProduct refuses RoPE on more heads than its rows hold, or too few angles', () => {
+    const m = matrix(16, 8, dtype, 36);
+    const x = values(2 * 8, 37);
+    const w = values(8, 38);
+    const angles = values(2 * 4, 39);
+    const out = new Float32Array(2 * 16);
+    expect(() => normThenProduct(x, 2, w, eps, m, out, { cos: angles, sin: angles, heads: 5, headDim: 4 }))
+      .toThrow('RoPE on 5 heads of 4 over rows of 16 and 2 tokens');
+    expect(() => normThenProduct(x, 2, w, eps, m, out, { cos: angles.subarray(1), sin: angles, heads: 4, headDim: 4 }))
+      .toThrow('angles: 7 and 8 floats');
   });
 
   it.each([1, 6, 600])('productThenAdd equals matmul, then a float32 add into the residual (%i tokens)', (T) => {

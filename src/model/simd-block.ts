@@ -116,7 +116,7 @@ export function allFiniteArray(x: Float32Array): boolean {
 }
 
 /**
- * resid += o_proj(attention(rmsNorm(resid))): q|k|v, RoPE on q and k, the cache update
+ * resid += o_proj(attention(rmsNorm(resid))): q|k|v and RoPE on q and k, the cache update
  * and the fused attention, o_proj and the residual add.
  * @param resid [tokens, hidden]
  */
@@ -129,14 +129,16 @@ function attentionPart(resid: Float32Array, T: number, w: LayerWeights, cfg: Mod
   const qkvWeights = concatenated([q.matrix, k.matrix, v.matrix]);
   const norm = normArray(w.inputNorm);
   if (qkvWeights !== null) {
-    normThenProduct(resid, T, norm, cfg.rmsNormEps, qkvWeights, qkv);
+    // RoPE on q's heads and k's, which lie side by side at the start of each row
+    normThenProduct(resid, T, norm, cfg.rmsNormEps, qkvWeights, qkv,
+      { cos: rope.cosData, sin: rope.sinData, heads: NH + KV, headDim: D });
   } else {
     const normed = act.get('normed', T * H);
     rmsNormInto(resid, T, H, norm, cfg.rmsNormEps, normed);
     matmulConcat(normed, T, [q.matrix, k.matrix, v.matrix], qkv);
+    ropeInPlace(qkv, T, NH, D, rope.cosData, rope.sinData, stride, 0);
+    ropeInPlace(qkv, T, KV, D, rope.cosData, rope.sinData, stride, NH * D);
   }
-  ropeInPlace(qkv, T, NH, D, rope.cosData, rope.sinData, stride, 0);
-  ropeInPlace(qkv, T, KV, D, rope.cosData, rope.sinData, stride, NH * D);
   const qs = act.get('q', T * NH * D); // [tokens, heads, headDim]
   const ks = act.get('k', KV * T * D); // [kvHeads, tokens, headDim]: the cache's order
   const vs = act.get('v', KV * T * D);

@@ -37,6 +37,7 @@ export interface KernelExports {
   rmsnorm(x: number, w: number, y: number, K: number, eps: number, layout: number, r0: number, r1: number): void;
   /** dst += src over rows [r0, r1) of K floats. */
   addrows(dst: number, src: number, K: number, r0: number, r1: number): void;
+  rope(x: number, cos: number, sin: number, ld: number, heads: number, D: number, r0: number, r1: number): void;
   /** Σ e^(x − m) in float64 over the n float32 values at p (see build-kernels.ts). */
   sumexp(p: number, n: number, m: number): number;
   /** Folds n bytes from p into one value (the bandwidth probe). */

@@ -1,17 +1,17 @@
 /**
  * Chains of kernels in the weights' own memory: the steps of a decoder layer that lie between
- * its products (RMSNorm, SwiGLU's gate, the residual adds) run as wasm kernels across the
+ * its products (RMSNorm, RoPE, SwiGLU's gate, the residual adds) run as wasm kernels across the
  * thread pool, over the arena's scratch, so that a product's output is the next step's input
  * with no JavaScript loop and no copy between them. On arrays, those steps were a quarter of
  * a hidden-512 prefill on two threads (one thread ran them while the other waited).
  *
- * Each chain computes exactly what its steps compute one by one (fused.ts's rmsNormInto,
- * elementwise.ts's swigluKernel, matmul.ts's matmul, a float32 add): the same kernels with
- * the same roundings, so results are equal bit for bit (test/simd-chain.test.ts). The
+ * Each chain computes exactly what its steps compute one by one (fused.ts's rmsNormInto and
+ * ropeInPlace, elementwise.ts's swigluKernel, matmul.ts's matmul, a float32 add): the same
+ * kernels, or the same roundings, so results are equal bit for bit (test/simd-chain.test.ts). The
  * residual stream stays a Float32Array; a chain copies the rows it works on in and out.
  *
  * Scratch per arena (arena.ts): the input region x holds the chain's operands (the norm
- * weight, the residual rows, the product inputs), the output region y the products'
+ * weight, the residual rows, the product inputs, RoPE's angles), the output region y the products'
  * outputs. Long prompts go in passes of tokens that fit.
  */
 import { SCRATCH_X, SCRATCH_Y } from './arena.js';
@@ -30,7 +30,7 @@ function checkRows(rows: number): void {
 }
 
 /** Runs an elementwise kernel over token rows [0, T), on the pool when the work pays for a wake-up. */
-function elementwise(m: StoredMatrix, op: 'rmsnorm' | 'swiglu' | 'addrows', T: number, width: number, args: number[],
+function elementwise(m: StoredMatrix, op: 'rmsnorm' | 'swiglu' | 'addrows' | 'rope', T: number, width: number, args: number[],
   eps?: number): void {
   const job: KernelJob = { op, dtype: 'f32', w: 0, x: 0, y: 0, K: 0, r0: 0, r1: T, align: 1, args, ...(eps === undefined ? {} : { eps }) };
   const pool = poolFor(T * width);
@@ -38,25 +38,48 @@ function elementwise(m: StoredMatrix, op: 'rmsnorm' | 'swiglu' | 'addrows', T: n
   else runShare(m.arena.kernels, job, 0, T, m.arena.widenScratch(0));
 }
 
+/** RoPE on the first `heads` heads of each output row (q's heads, then k's, of a q|k|v product). */
+export interface RopeOnOutput {
+  /** [T, headDim] each (both halves), as ropeAngles makes them. */
+  readonly cos: Float32Array;
+  readonly sin: Float32Array;
+  readonly heads: number;
+  readonly headDim: number;
+}
+
 /**
- * out = rmsNorm(x) · Wᵀ (q|k|v, or the model's head).
+ * out = rmsNorm(x) · Wᵀ (q|k|v, or the model's head), then RoPE on the first heads of each
+ * row when `rope` is given (fused.ts's ropeInPlace, as a kernel on the pool).
  * @param x [T, cols]
  * @param norm [cols]
  * @returns [T, rows]: `out`
  */
 export function normThenProduct(x: Float32Array, T: number, norm: Float32Array, eps: number, m: StoredMatrix,
-  out: Float32Array): Float32Array {
+  out: Float32Array, rope?: RopeOnOutput): Float32Array {
   const { arena, cols: K, rows } = m;
   checkRows(rows);
+  const D = rope?.headDim ?? 0;
+  if (rope !== undefined && (D % 2 !== 0 || rope.heads * D > rows || rope.cos.length < T * D || rope.sin.length < T * D)) {
+    throw new RangeError(`normThenProduct: RoPE on ${rope.heads} heads of ${D} over rows of ${rows} and ${T} tokens ` +
+      `(angles: ${rope.cos.length} and ${rope.sin.length} floats)`);
+  }
   const wp = arena.x;
   const xp = wp + 4 * lines(K);
-  const chunk = tokensPerPass(T, K, K, rows, SCRATCH_X - lines(K));
+  // x: the norm weight, then per token its input row, then (with RoPE) its angles' rows
+  const chunk = tokensPerPass(T, K, K + 2 * D, rows, SCRATCH_X - lines(K) - 16);
   arena.floats(wp, K).set(norm);
   for (let t0 = 0; t0 < T; t0 += chunk) {
     const n = Math.min(chunk, T - t0);
     arena.floats(xp, n * K).set(x.subarray(t0 * K, (t0 + n) * K));
     elementwise(m, 'rmsnorm', n, K, [xp, wp, xp, K, permuted(m)], eps);
     productAt(m, xp, n, 0, rows, arena.y, rows);
+    if (rope !== undefined) {
+      const cp = xp + 4 * lines(n * K);
+      const sp = cp + 4 * n * D;
+      arena.floats(cp, n * D).set(rope.cos.subarray(t0 * D, (t0 + n) * D));
+      arena.floats(sp, n * D).set(rope.sin.subarray(t0 * D, (t0 + n) * D));
+      elementwise(m, 'rope', n, rope.heads * D, [arena.y, cp, sp, rows, rope.heads, D]);
+    }
     out.set(arena.floats(arena.y, n * rows), t0 * rows);
   }
   return out;

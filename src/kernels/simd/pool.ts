@@ -43,7 +43,7 @@ const ARGS = SCRATCH + 64; // attend: its 15 arguments before the unit range (th
 const EPS = (ARGS + 16) / 2; // rmsnorm's eps, as a float64 (index into the block as Float64Array)
 const SLOTS = ARGS + 18;
 
-export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5, rmsnorm: 6, swiglu: 7, addrows: 8 } as const;
+export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5, rmsnorm: 6, swiglu: 7, addrows: 8, rope: 9 } as const;
 
 /**
  * How long an idle thread spins before it sleeps (ms). A sleeping worker takes 0.1–0.8 ms to
@@ -114,6 +114,7 @@ for (;;) {
         } else if (op === ${OPS.rmsnorm}) k.rmsnorm(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], c[${ARGS} + 3], cd[${EPS}], c[${ARGS} + 4], r0, r1);
         else if (op === ${OPS.swiglu}) k.swiglu(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], c[${ARGS} + 3], c[${ARGS} + 4], c[${ARGS} + 5], r0, r1);
         else if (op === ${OPS.addrows}) k.addrows(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], r0, r1);
+        else if (op === ${OPS.rope}) k.rope(c[${ARGS}], c[${ARGS} + 1], c[${ARGS} + 2], c[${ARGS} + 3], c[${ARGS} + 4], c[${ARGS} + 5], r0, r1);
       }
     }
   } catch (e) {
@@ -144,9 +145,9 @@ export interface KernelJob {
   /**
    * gemv, gemm: rows [r0, r1) of a product. The probes: read, a 64-byte block per "row"
    * from w; flops, K rounds of the arithmetic probe per participant (one "row" group each).
-   * attend: units (token, kv head). rmsnorm, swiglu, addrows: rows [r0, r1) of tokens.
+   * attend: units (token, kv head). rmsnorm, swiglu, addrows, rope: rows [r0, r1) of tokens.
    */
-  readonly op: 'gemv' | 'gemm' | 'read' | 'flops' | 'attend' | 'rmsnorm' | 'swiglu' | 'addrows';
+  readonly op: 'gemv' | 'gemm' | 'read' | 'flops' | 'attend' | 'rmsnorm' | 'swiglu' | 'addrows' | 'rope';
   readonly dtype: keyof typeof DTYPE_CODES;
   readonly w: number;
   readonly x: number;
@@ -322,6 +323,9 @@ export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: numbe
   } else if (job.op === 'addrows') {
     const a = job.args!;
     k.addrows(a[0]!, a[1]!, a[2]!, r0, r1);
+  } else if (job.op === 'rope') {
+    const a = job.args!;
+    k.rope(a[0]!, a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, r0, r1);
   } else if (job.op === 'read') {
     k.read(job.w + 64 * r0, 64 * (r1 - r0));
   } else if (job.op === 'flops') {
