@@ -13,6 +13,7 @@ import { swigluFused } from '../src/kernels/fused.js';
 import { WeightMemory } from '../src/kernels/simd/arena.js';
 import { matmul, matmulConcat, type StoredMatrix } from '../src/kernels/simd/matmul.js';
 import type { Hooks } from '../src/model/hooks.js';
+import { allFiniteArray } from '../src/model/simd-block.js';
 import { disposeResult } from '../src/model/transformer.js';
 import { GOLDEN_MODELS, withModel } from './helpers/fixtures.js';
 
@@ -101,5 +102,22 @@ describe('the products and the gate', () => {
         else expect(Math.abs(fused[i]! - want)).toBeLessThanOrEqual(4e-7 * Math.abs(want) + 1e-37);
       }
     });
+  });
+});
+
+describe('allFiniteArray', () => {
+  it('finds a NaN or an infinity at any place, in the four-way sums and the tail', () => {
+    for (let n = 1; n <= 11; n++) {
+      const x = Float32Array.from({ length: n }, (_, i) => (i % 2 ? -3e38 : 3e38)); // finite, though their sum is not
+      expect(allFiniteArray(x)).toBe(true);
+      for (let i = 0; i < n; i++) {
+        for (const bad of [NaN, Infinity, -Infinity]) {
+          const y = x.slice();
+          y[i] = bad;
+          expect(allFiniteArray(y)).toBe(false);
+        }
+      }
+    }
+    expect(allFiniteArray(new Float32Array(0))).toBe(true);
   });
 });
