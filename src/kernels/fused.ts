@@ -1,6 +1,6 @@
 /**
- * Fused elementwise steps for the simd path: RMSNorm, RoPE and SwiGLU's gating as plain
- * loops over the data instead of 4–10 tfjs ops each. For a decode step on a small model the
+ * Fused elementwise steps for the simd path: RMSNorm and SwiGLU's gating as wasm kernels
+ * (simd/elementwise.ts), RoPE as a plain loop, over the data instead of 4–10 tfjs ops each. For a decode step on a small model the
  * ops' bookkeeping, not their arithmetic, is the cost (bench/speed.ts profile: ~15% of a
  * hidden-512 token). Each rounds to float32 where its composite twin in src/model does, and
  * is tested against it (test/fused.test.ts).
