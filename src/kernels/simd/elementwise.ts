@@ -1,7 +1,7 @@
 /**
  * Elementwise kernels on arrays (operands copied into a workspace memory and back): SwiGLU's
  * gate, which in a JavaScript loop (Math.exp, one at a time) cost 9% of a hidden-512 prefill
- * (four float32 lanes at a time: build-kernels.ts, `$exp_all`, within 2 ulp); RMSNorm, the
+ * (four float32 lanes at a time: build-kernels.ts, `expAll`, within 2 ulp); RMSNorm, the
  * same kernel the whole-layer path runs in the weights' memory (simd/chain.ts), so the two
  * paths agree bit for bit; and the normaliser of a token's log-probability over the
  * vocabulary, 0.5 ms a decode step in JavaScript (two float64 lanes: `sumexp`).
