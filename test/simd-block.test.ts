@@ -105,6 +105,49 @@ describe('the products and the gate', () => {
   });
 });
 
+describe('the last layer of a prefill on its last rows only (simdLastRows)', () => {
+  it.each(GOLDEN_MODELS)('$model: the logits and then the decode steps equal a prefill whose last layer computes every row, bit for bit', ({ model }) =>
+    withModel(model, { backend: 'wasm', weights: 'resident' }, (m) => {
+      const V = m.config.vocabSize;
+      const W = m.config.slidingWindow ?? 8;
+      // a prompt longer than the window (a rolling cache's chunk over slots in use), and a
+      // prefill in two chunks, the second of them 2 tokens (simdLastRows' least)
+      const ids = Array.from({ length: 2 * W + 3 }, (_, i) => (i * 31 + 7) % V);
+      const decode = (chunks: number[][], lastOnly: boolean, hooks?: Hooks) => {
+        const cache = m.createCache();
+        const out: number[][] = [];
+        try {
+          for (const chunk of chunks) {
+            const r = m.forward(chunk, { cache, lastOnly, ...(hooks ? { hooks } : {}) });
+            out.push(Array.from(r.logits.dataSync().slice(-V)));
+            disposeResult(r);
+          }
+          for (const id of [3, 1, 4, 1, 5]) {
+            const r = m.forward([id % V], { cache, lastOnly: true });
+            out.push(Array.from(r.logits.dataSync()));
+            disposeResult(r);
+          }
+        } finally {
+          cache.dispose();
+        }
+        return out;
+      };
+      const L = m.config.numLayers;
+      for (const chunks of [[ids], [ids.slice(0, -2), ids.slice(-2)]]) {
+        const lastRowsOnly = decode(chunks, true);
+        // the last layer watched: it runs every row (through the per-step path, equal bit for bit to the whole-layer one)
+        expect(lastRowsOnly).toEqual(decode(chunks, true, watching([L - 1], 'mlp.hook_post')));
+        // every row's logits: the products of lm_head for all rows, so the last row is compared within float32 noise
+        const full = decode(chunks, false);
+        expect(lastRowsOnly.slice(chunks.length)).toEqual(full.slice(chunks.length)); // the cache is the same: decode equal
+        for (let i = 0; i < chunks.length; i++) {
+          const d = Math.max(...lastRowsOnly[i]!.map((x, j) => Math.abs(x - full[i]![j]!)));
+          expect(d).toBeLessThan(1e-5);
+        }
+      }
+    }));
+});
+
 describe('allFiniteArray', () => {
   it('finds a NaN or an infinity at any place, in the four-way sums and the tail', () => {
     for (let n = 1; n <= 11; n++) {

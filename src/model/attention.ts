@@ -109,18 +109,20 @@ function project(z: tf.Tensor3D, o: Linear, hook: HookScope): tf.Tensor2D {
 /**
  * The fused kernel over one step: its keys and values, and with a cache those it holds (in
  * place when the cache lives in kernel memory, else copied next to the step's).
- * @param q [tokens, heads, headDim], after RoPE
+ * @param q [queries, heads, headDim], after RoPE: the step's last `queries` tokens (all of
+ *   them by default; a query's result does not depend on which others come with it)
  * @param k [kvHeads, tokens, headDim], after RoPE; v likewise
  * @param out where to write z (else a new array)
- * @returns z [tokens, heads, headDim]
+ * @returns z [queries, heads, headDim]
  */
 export function fusedAttentionStep(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[],
-  cfg: ModelConfig, cache: LayerCache | null, out?: Float32Array): Float32Array {
+  cfg: ModelConfig, cache: LayerCache | null, out?: Float32Array, queries = positions.length): Float32Array {
   const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
   const shape = { heads: H, kvHeads: KV, headDim: D, window: cfg.slidingWindow };
-  const inPlace = cache?.attendInPlace(q, k, v, positions, shape, out) ?? null;
+  const queryPositions = queries === positions.length ? positions : positions.slice(positions.length - queries);
+  const inPlace = cache?.attendInPlace(q, k, v, positions, shape, out, queryPositions) ?? null;
   if (inPlace !== null) return inPlace;
-  return fusedAttention(q, positions, shape, (into) => {
+  return fusedAttention(q, queryPositions, shape, (into) => {
     if (cache !== null) return cache.updateInto(k, v, KV, D, positions, into);
     const a = into(positions.length);
     a.k.set(k);

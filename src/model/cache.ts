@@ -66,11 +66,12 @@ export interface LayerCache {
    * then every row in use is attended to. Null when the cache is not in kernel memory, or
    * when storing first would overwrite a key an earlier token of the step still needs (a
    * rolling cache's chunk of several tokens over slots in use): then use updateInto.
-   * @param q [tokens, heads, headDim], after RoPE; k, v as for updateInto
-   * @returns z [tokens, heads, headDim]: `out` when given
+   * @param q [queries, heads, headDim], after RoPE; k, v as for updateInto
+   * @param queryPositions the positions of q's tokens (default: all of the step's)
+   * @returns z [queries, heads, headDim]: `out` when given
    */
   attendInPlace(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[], shape: AttentionShape,
-    out?: Float32Array): Float32Array | null;
+    out?: Float32Array, queryPositions?: readonly number[]): Float32Array | null;
   /**
    * Bytes of the keys and values held: 2 · 4 · kvHeads · rows in use · headDim. The arrays
    * behind them may be up to twice that (capacity doubles), never more than W rows.
@@ -129,10 +130,10 @@ abstract class KeyValueRows implements LayerCache {
   }
 
   attendInPlace(q: Float32Array, k: Float32Array, v: Float32Array, positions: readonly number[], shape: AttentionShape,
-    out?: Float32Array): Float32Array | null {
+    out?: Float32Array, queryPositions = positions): Float32Array | null {
     if (!this.inKernelMemory || !this.storeFirstSafe(positions)) return null;
     this.store(this.stepOf(k, v, shape.kvHeads, shape.headDim, positions), positions);
-    return this.kernelRows!.attend(q, positions, this.rows, shape, out);
+    return this.kernelRows!.attend(q, queryPositions, this.rows, shape, out);
   }
 
   /** A step's keys and values given as arrays, checked against its shape (the first step fixes kvHeads and headDim). */

@@ -61,6 +61,71 @@ function normArray(t: tf.Tensor1D): Float32Array {
 }
 
 /**
+ * Rows a last-rows layer (simdLastRows) computes: two, so that its products run the
+ * matrix-matrix kernel, whose sums for a token are those of the whole prompt's product (one
+ * token alone would go to the matrix-vector kernel, which sums in another order).
+ */
+export const LAST_ROWS = 2;
+
+/** Whether simdLastRows serves this layer: simdBlockInPlace's, with k|v one product and the SwiGLU MLP one chain. */
+export function simdLastRowsFits(w: LayerWeights, cfg: ModelConfig): boolean {
+  if (!simdBlockFits(w, cfg) || w.mlp === undefined) return false;
+  const { k, v } = w.attn as { k: StoredLinear; v: StoredLinear };
+  const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
+  const gateUp = concatenated([gate.matrix, up.matrix]);
+  return concatenated([k.matrix, v.matrix]) !== null && gateUp !== null && feedForwardFits(gateUp, down.matrix);
+}
+
+/**
+ * The last layer of a forward that needs its last token's logits only (a prefill): every
+ * token's keys and values go into the cache, as in simdBlockInPlace, but the queries, the
+ * attention, o_proj and the MLP run for the last LAST_ROWS tokens only, since the other
+ * rows' outputs feed nothing. For hidden-512 (8 layers) that is an eighth of a prefill's
+ * work. Those rows of `resid` then hold the layer's output, bit for bit what
+ * simdBlockInPlace writes there (a row's products, norms and attention come out alike
+ * however many rows come with it); the rows before them are left as they were.
+ * @param resid [tokens, hidden], tokens ≥ LAST_ROWS
+ */
+export function simdLastRows(resid: Float32Array, T: number, w: LayerWeights, cfg: ModelConfig, rope: RopeTables,
+  positions: readonly number[], cache: LayerCache | null): void {
+  const { numHeads: NH, numKvHeads: KV, headDim: D, hiddenSize: H, rmsNormEps: eps } = cfg;
+  const { q, k, v, o } = w.attn as { q: StoredLinear; k: StoredLinear; v: StoredLinear; o: StoredLinear };
+  const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
+  const n = LAST_ROWS;
+  const first = T - n;
+  const norm = normArray(w.inputNorm);
+  const kv = act.get('k|v', T * 2 * KV * D); // [tokens, 2·kvHeads·headDim]
+  normThenProduct(resid, T, norm, eps, concatenated([k.matrix, v.matrix])!, kv,
+    { cos: rope.cosData, sin: rope.sinData, heads: KV, headDim: D });
+  const qs = act.get('q', n * NH * D); // [rows, heads, headDim]
+  normThenProduct(resid.subarray(first * H), n, norm, eps, q.matrix, qs,
+    { cos: rope.cosData.subarray(first * D), sin: rope.sinData.subarray(first * D), heads: NH, headDim: D });
+  const ks = act.get('k', KV * T * D);
+  const vs = act.get('v', KV * T * D);
+  byKvHead(kv, T, 2 * KV * D, 0, KV, D, ks, vs);
+  const z = fusedAttentionStep(qs, ks, vs, positions, cfg, cache, act.get('z', n * NH * D), n);
+  const last = resid.subarray(first * H);
+  productThenAdd(z, n, o.matrix, last);
+  feedForward(last, n, normArray(w.postNorm), eps, concatenated([gate.matrix, up.matrix])!, down.matrix);
+}
+
+/**
+ * Keys and values out of rows of products into the cache's order: token t's kv head g key
+ * at rows[t·stride + at + g·D], its value kvHeads heads later.
+ * @param ks [kvHeads, tokens, headDim], written; vs likewise
+ */
+function byKvHead(rows: Float32Array, T: number, stride: number, at: number, KV: number, D: number, ks: Float32Array,
+  vs: Float32Array): void {
+  for (let t = 0; t < T; t++) {
+    const row = t * stride + at;
+    for (let g = 0; g < KV; g++) {
+      ks.set(rows.subarray(row + g * D, row + (g + 1) * D), (g * T + t) * D);
+      vs.set(rows.subarray(row + (KV + g) * D, row + (KV + g + 1) * D), (g * T + t) * D);
+    }
+  }
+}
+
+/**
  * mid = x + attention(rmsNorm(x)); out = mid + ffn(rmsNorm(mid)), as decoderBlock, on the
  * residual stream in place.
  * @param resid [tokens, hidden]
@@ -152,14 +217,8 @@ function attentionPart(resid: Float32Array, T: number, w: LayerWeights, cfg: Mod
   const qs = act.get('q', T * NH * D); // [tokens, heads, headDim]
   const ks = act.get('k', KV * T * D); // [kvHeads, tokens, headDim]: the cache's order
   const vs = act.get('v', KV * T * D);
-  for (let t = 0; t < T; t++) {
-    const row = t * stride;
-    qs.set(qkv.subarray(row, row + NH * D), t * NH * D);
-    for (let g = 0; g < KV; g++) {
-      ks.set(qkv.subarray(row + (NH + g) * D, row + (NH + g + 1) * D), (g * T + t) * D);
-      vs.set(qkv.subarray(row + (NH + KV + g) * D, row + (NH + KV + g + 1) * D), (g * T + t) * D);
-    }
-  }
+  for (let t = 0; t < T; t++) qs.set(qkv.subarray(t * stride, t * stride + NH * D), t * NH * D);
+  byKvHead(qkv, T, stride, NH * D, KV, D, ks, vs);
   const z = fusedAttentionStep(qs, ks, vs, positions, cfg, cache, act.get('z', T * NH * D));
   productThenAdd(z, T, o.matrix, resid);
 }

@@ -18,7 +18,7 @@ import { tensorSource } from './layout.js';
 import { defaultExpertCacheBytes, storedStreamPlan, type Residency } from './residency.js';
 import { rmsNorm, rmsNormWithScale } from './rmsnorm.js';
 import { ropeTables } from './rope.js';
-import { allFiniteArray, simdBlockFits, simdBlockInPlace, simdHead } from './simd-block.js';
+import { allFiniteArray, LAST_ROWS, simdBlockFits, simdBlockInPlace, simdHead, simdLastRows, simdLastRowsFits } from './simd-block.js';
 import { validateTensors } from './schema.js';
 import { ModelWeights, type WeightOptions } from './weights.js';
 import { dtypeSize } from '../io/safetensors.js';
@@ -206,6 +206,10 @@ export class Transformer {
     // Per layer, whether its output is all finite: a bool scalar computed where the
     // activations are and read only when the logits turn out non-finite (see checkFinite).
     const finite: (tf.Scalar | boolean)[] = [];
+    const top = hookScope(hooks, '', ctx);
+    // Only the last token's logits wanted, from the stream as an array: the last layer may
+    // compute its last rows only (simdLastRows; the head reads no other row)
+    const lastRows = opts.lastOnly === true && T >= LAST_ROWS && !HEAD_HOOKS.some((h) => top.wants(h));
     try {
       for (let l = 0; l < c.numLayers; l++) {
         const lw = w.layer(l);
@@ -217,8 +221,13 @@ export class Transformer {
             x!.dispose();
             x = null;
           }
-          simdBlockInPlace(xs, T, lw, c, rope, positions, cache);
-          finite.push(allFiniteArray(xs));
+          if (lastRows && l === c.numLayers - 1 && simdLastRowsFits(lw, c)) {
+            simdLastRows(xs, T, lw, c, rope, positions, cache);
+            finite.push(allFiniteArray(xs.subarray((T - LAST_ROWS) * c.hiddenSize)));
+          } else {
+            simdBlockInPlace(xs, T, lw, c, rope, positions, cache);
+            finite.push(allFiniteArray(xs));
+          }
         } else {
           const input = asTensor();
           x = tf.tidy(() => decoderBlock(input, lw, c, rope, positions, cache, scope));
@@ -227,7 +236,6 @@ export class Transformer {
         }
         w.releaseLayer(l);
       }
-      const top = hookScope(hooks, '', ctx);
       const head = w.lmHead();
       let logits: tf.Tensor2D;
       if (xs !== null && head.kind === 'stored' && !HEAD_HOOKS.some((h) => top.wants(h))) {
