@@ -258,9 +258,13 @@ function layerWeightsPerToken(c: ModelConfig): number {
 /**
  * Float32 operations of one prefill token: 2 per projection weight, the lm_head left out
  * (a prefill computes logits for its last position only), attention left out (a few % at 512).
+ * Of a dense model's last layer only k and v count: a prefill runs the rest of it for its
+ * last two tokens (src/model/simd-block.ts, simdLastRows), so the fraction of the probe
+ * stays one of work done.
  */
 function prefillFlops(c: ModelConfig): number {
-  return 2 * c.numLayers * layerWeightsPerToken(c);
+  const lastLayer = c.numExperts === null ? 2 * c.numKvHeads * c.headDim * c.hiddenSize : layerWeightsPerToken(c);
+  return 2 * ((c.numLayers - 1) * layerWeightsPerToken(c) + lastLayer);
 }
 
 /** Bytes of `files` in the page cache now, from util-linux `fincore`; null without it. */
