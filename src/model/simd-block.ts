@@ -13,7 +13,7 @@ import { float32, rmsNormInto, ropeInPlace } from '../kernels/fused.js';
 import type { Linear, StoredLinear } from '../kernels/linear.js';
 import { feedForward, feedForwardFits, normThenProduct, productThenAdd } from '../kernels/simd/chain.js';
 import { swigluKernel } from '../kernels/simd/elementwise.js';
-import { concatenated, matmul, matmulConcat } from '../kernels/simd/matmul.js';
+import { concatenated, matmul, matmulConcat, type StoredMatrix } from '../kernels/simd/matmul.js';
 import { fusedAttentionStep, fusedHeadsFit } from './attention.js';
 import type { LayerCache } from './cache.js';
 import type { ModelConfig } from './config.js';
@@ -67,13 +67,19 @@ function normArray(t: tf.Tensor1D): Float32Array {
  */
 export const LAST_ROWS = 2;
 
-/** Whether simdLastRows serves this layer: simdBlockInPlace's, with k|v one product and the SwiGLU MLP one chain. */
-export function simdLastRowsFits(w: LayerWeights, cfg: ModelConfig): boolean {
-  if (!simdBlockFits(w, cfg) || w.mlp === undefined) return false;
-  const { k, v } = w.attn as { k: StoredLinear; v: StoredLinear };
+/** A layer's SwiGLU MLP as one feedForward chain (gate|up stored as one matrix, down beside it), or null. */
+function mlpChain(w: LayerWeights): { gateUp: StoredMatrix; down: StoredMatrix } | null {
+  if (w.mlp === undefined) return null;
   const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
   const gateUp = concatenated([gate.matrix, up.matrix]);
-  return concatenated([k.matrix, v.matrix]) !== null && gateUp !== null && feedForwardFits(gateUp, down.matrix);
+  return gateUp !== null && feedForwardFits(gateUp, down.matrix) ? { gateUp, down: down.matrix } : null;
+}
+
+/** Whether simdLastRows serves this layer: simdBlockInPlace's, with k|v one product and the MLP one chain. */
+export function simdLastRowsFits(w: LayerWeights, cfg: ModelConfig): boolean {
+  if (!simdBlockFits(w, cfg)) return false;
+  const { k, v } = w.attn as { k: StoredLinear; v: StoredLinear };
+  return concatenated([k.matrix, v.matrix]) !== null && mlpChain(w) !== null;
 }
 
 /**
@@ -90,7 +96,7 @@ export function simdLastRows(resid: Float32Array, T: number, w: LayerWeights, cf
   positions: readonly number[], cache: LayerCache | null): void {
   const { numHeads: NH, numKvHeads: KV, headDim: D, hiddenSize: H, rmsNormEps: eps } = cfg;
   const { q, k, v, o } = w.attn as { q: StoredLinear; k: StoredLinear; v: StoredLinear; o: StoredLinear };
-  const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
+  const mlp = mlpChain(w)!;
   const n = LAST_ROWS;
   const first = T - n;
   const norm = normArray(w.inputNorm);
@@ -106,7 +112,7 @@ export function simdLastRows(resid: Float32Array, T: number, w: LayerWeights, cf
   const z = fusedAttentionStep(qs, ks, vs, positions, cfg, cache, act.get('z', n * NH * D), n);
   const last = resid.subarray(first * H);
   productThenAdd(z, n, o.matrix, last);
-  feedForward(last, n, normArray(w.postNorm), eps, concatenated([gate.matrix, up.matrix])!, down.matrix);
+  feedForward(last, n, normArray(w.postNorm), eps, mlp.gateUp, mlp.down);
 }
 
 /**
@@ -135,13 +141,11 @@ export function simdBlockInPlace(resid: Float32Array, T: number, w: LayerWeights
   const H = cfg.hiddenSize;
   const eps = cfg.rmsNormEps;
   attentionPart(resid, T, w, cfg, rope, positions, cache);
-  if (w.mlp !== undefined) {
+  const chain = mlpChain(w);
+  if (chain !== null) {
+    feedForward(resid, T, normArray(w.postNorm), eps, chain.gateUp, chain.down);
+  } else if (w.mlp !== undefined) {
     const { gate, up, down } = w.mlp as { gate: StoredLinear; up: StoredLinear; down: StoredLinear };
-    const gateUp = concatenated([gate.matrix, up.matrix]);
-    if (gateUp !== null && feedForwardFits(gateUp, down.matrix)) {
-      feedForward(resid, T, normArray(w.postNorm), eps, gateUp, down.matrix);
-      return;
-    }
     const I = gate.outFeatures;
     const normed = act.get('normed', T * H);
     rmsNormInto(resid, T, H, normArray(w.postNorm), eps, normed);

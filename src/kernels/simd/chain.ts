@@ -15,14 +15,14 @@
  * outputs. Long prompts go in passes of tokens that fit.
  */
 import { SCRATCH_X, SCRATCH_Y } from './arena.js';
-import { layoutInput, productAt, tokensPerPass, type StoredMatrix } from './matmul.js';
+import { layoutInput, permutedInput, productAt, tokensPerPass, type StoredMatrix } from './matmul.js';
 import { poolFor, runShare, type KernelJob } from './pool.js';
 
 /** Floats from `n` rounded up to a 64-byte boundary (regions start on cache lines). */
 const lines = (n: number) => Math.ceil(n / 16) * 16;
 
-/** Whether a product over m reads its input in the kernels' permuted order (layoutInput). */
-const permuted = (m: StoredMatrix) => (m.dtype === 'f32' ? 0 : 1);
+/** The kernels' layout argument for a step whose output is a product's input over m: 1 permuted, 0 as it is. */
+const layoutFor = (m: StoredMatrix) => (permutedInput(m.dtype) ? 1 : 0);
 
 /** A chain keeps a whole output row in the output scratch. */
 function checkRows(rows: number): void {
@@ -71,7 +71,7 @@ export function normThenProduct(x: Float32Array, T: number, norm: Float32Array, 
   for (let t0 = 0; t0 < T; t0 += chunk) {
     const n = Math.min(chunk, T - t0);
     arena.floats(xp, n * K).set(x.subarray(t0 * K, (t0 + n) * K));
-    elementwise(m, 'rmsnorm', n, K, [xp, wp, xp, K, permuted(m)], eps);
+    elementwise(m, 'rmsnorm', n, K, [xp, wp, xp, K, layoutFor(m)], eps);
     productAt(m, xp, n, 0, rows, arena.y, rows);
     if (rope !== undefined) {
       const cp = xp + 4 * lines(n * K);
@@ -132,9 +132,9 @@ export function feedForward(resid: Float32Array, T: number, norm: Float32Array, 
     const rp = wp + 4 * lines(H); // the residual rows [n, H]
     const hp = rp + 4 * lines(n * H); // the products' inputs: normed [n, H], then the gate's output [n, I]
     arena.floats(rp, n * H).set(resid.subarray(t0 * H, (t0 + n) * H));
-    elementwise(gateUp, 'rmsnorm', n, H, [rp, wp, hp, H, permuted(gateUp)], eps);
+    elementwise(gateUp, 'rmsnorm', n, H, [rp, wp, hp, H, layoutFor(gateUp)], eps);
     productAt(gateUp, hp, n, 0, 2 * I, arena.y, 2 * I);
-    elementwise(gateUp, 'swiglu', n, I, [arena.y, arena.y + 4 * I, hp, I, 2 * I, permuted(down)]);
+    elementwise(gateUp, 'swiglu', n, I, [arena.y, arena.y + 4 * I, hp, I, 2 * I, layoutFor(down)]);
     productAt(down, hp, n, 0, H, arena.y, H);
     elementwise(gateUp, 'addrows', n, H, [rp, arena.y, H]);
     resid.set(arena.floats(rp, n * H), t0 * H);

@@ -20,12 +20,15 @@ export interface StoredMatrix extends Allocation {
   readonly dtype: WeightDType;
 }
 
+/** Whether a product over weights of `dtype` reads its input permuted (layoutInput's order), not as it is. */
+export const permutedInput = (dtype: WeightDType): boolean => dtype !== 'f32';
+
 /**
  * Writes `T` rows of x into `dst` in the order the kernels read them: for 2-byte weights
  * each block of 8 is split into its even then its odd elements (see build-kernels.ts).
  */
 export function layoutInput(x: Float32Array, T: number, K: number, dtype: WeightDType, dst: Float32Array): void {
-  if (dtype === 'f32') {
+  if (!permutedInput(dtype)) {
     dst.set(x.subarray(0, T * K));
     return;
   }
