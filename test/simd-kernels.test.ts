@@ -64,11 +64,12 @@ function maxErr(got: Float32Array, want: Float64Array): number {
 }
 
 // Beyond a row group, token pair and 8-block with their leftovers: 16-row panels with a
-// short last one, several token blocks, and rows past 4096 that go in K chunks of 2048
-// added together (5003: two whole chunks and a last one with a K mod 8 tail).
+// short last one, several token blocks, and rows past 1024 that go in K chunks of 1024
+// added together (5003: four whole chunks and a last one with a K mod 8 tail; 1536 × 130
+// tokens, hidden-512's down_proj: a chunk and a half, two token blocks of 128 and one of 2).
 const SHAPES: Array<[rows: number, cols: number, tokens: number]> = [
   [1, 1, 1], [3, 7, 1], [4, 8, 1], [5, 9, 2], [13, 24, 3], [64, 72, 5], [37, 515, 1], [37, 515, 17],
-  [8, 4096, 2], [130, 300, 64], [6, 20000, 9], [40, 600, 300], [21, 5003, 67],
+  [8, 4096, 2], [130, 300, 64], [6, 20000, 9], [40, 600, 300], [21, 5003, 67], [9, 1536, 130],
 ];
 
 describe.each(['bf16', 'f16', 'f32'] as const)('%s kernels', (dtype) => {

@@ -47,15 +47,16 @@ export function layoutInput(x: Float32Array, T: number, K: number, dtype: Weight
 /**
  * Blocking of the matrix-matrix kernel for rows of K: K in chunks of `kc` columns (a
  * multiple of 8), tokens in blocks of `tb` (a block of x is tb · kc floats, ≤ 512 KiB),
- * rows in panels of `panel`, widened once per (chunk, token block). Measured on one thread
- * (Zen 3, bf16; GFLOP/s against a 42–44 probe): rows up to 4096 gain nothing from chunks
- * (K = 4096: 36 whole, 30–33 in chunks of 1024–2048), while K = 14336 (7B's down_proj)
- * went from 29 whole (8-token blocks: every weight widened once per 8 tokens) to 38 in
- * chunks of 2048 with 64-token blocks and 16-row panels.
+ * rows in panels of `panel`, widened once per (chunk, token block). Rows past 1024 go in
+ * chunks of 1024 and panels of 4: a 4-row group then stays in L1 (16 KiB widened) while
+ * the block's 128 tokens stream past it from L2. Measured on one thread (Zen 5, bf16,
+ * 512 tokens, weights larger than L3; the SIMD probe says 53–55 GFLOP/s): K = 4096 37 →
+ * 42–44 GFLOP/s (it was whole, 32-token blocks), K = 14336 41 → 45–46 (chunks of 2048),
+ * K = 1536 42 → 48 (whole, 84-token blocks of 16-row panels); K = 512 stays whole (49).
  */
 export function gemmBlocking(K: number): { kc: number; tb: number; panel: number } {
-  const kc = K <= 4096 ? K : 2048;
-  return { kc, tb: Math.max(2, Math.floor(131072 / kc) & ~1), panel: kc > 2048 ? 4 : 16 };
+  const kc = K <= 1024 ? K : 1024;
+  return { kc, tb: Math.max(2, Math.floor(131072 / kc) & ~1), panel: K > 1024 ? 4 : 16 };
 }
 
 /**
