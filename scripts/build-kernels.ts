@@ -60,8 +60,15 @@ const hsum = (v: string) => `(f32.add (f32.add (f32x4.extract_lane 0 ${v}) (f32x
 
 /**
  * y[r] = Σ_k W[r, k] · x[k] for r < rows: four rows per pass so each x load serves four
- * rows (decode is bound by reading W once), two accumulators per row (even/odd lanes).
- * `x` is the permuted vector described above; rows r0 ≤ r < r1 only (a worker's share).
+ * rows (decode is bound by reading W once). `x` is the permuted vector described above;
+ * rows r0 ≤ r < r1 only (a worker's share).
+ *
+ * Rows below `rq` (a multiple of 4; 0 for none) are stored as quads: each group of four
+ * rows takes the bytes of four rows, as its rows' 8-element blocks side by side (block 0 of
+ * rows 0, 1, 2, 3, then block 1 of each, …), then each row's K mod 8 tail in turn. A pass
+ * then reads one stream instead of four a row apart: 7B's rows from memory, one thread
+ * (Zen 5), 10.6–12.6 → 17.6–18.1 GB/s against a 21.5–23.2 read probe in a standalone
+ * harness. Rows from rq on are row-major. r0 must be a multiple of 4 when r0 < rq.
  */
 function gemv(d: DType): string {
   const s = SIZE[d];
@@ -75,17 +82,18 @@ function gemv(d: DType): string {
         ${touch ? `${Array.from({ length: s / 2 }, (_, i) => `(local.set $touch (v128.or (local.get $touch) (v128.load offset=${64 * i} (local.get $ahead))))`).join(' ')}
         (local.set $ahead (i32.add (local.get $ahead) (i32.const ${32 * s})))` : ''}
         ${block8(0)}
-        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (i32.const ${8 * s})))`).join(' ')}
+        ${ptrs.map((q) => `(local.set ${q} (i32.add (local.get ${q}) (local.get $bs)))`).join(' ')}
         (local.set $xp (i32.add (local.get $xp) (i32.const 32)))
         (br $kl)))`;
   /** One 8-column block of the four rows, block `b` of the iteration (constant offsets). */
   const block8 = (b: number) => `(local.set $xe (v128.load offset=${32 * b} (local.get $xp)))
         (local.set $xo (v128.load offset=${32 * b + 16} (local.get $xp)))
         ${rows.map((r) => `${load8(d, `(local.get ${ptrs[r]})`, '$a', '$b', 8 * s * b)}
-        (local.set $e${r} ${madd('(local.get $b)', '(local.get $xo)', madd('(local.get $a)', '(local.get $xe)', `(local.get $e${r})`))})`).join('\n        ')}`;
+        (local.set $e${r} (f32x4.add (local.get $e${r}) ${madd('(local.get $b)', '(local.get $xo)', '(f32x4.mul (local.get $a) (local.get $xe))')}))`).join('\n        ')}`;
   return `
-  (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32) (result i32)
+  (func $gemv_${d} (export "gemv_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32) (param $K i32) (param $rq i32) (result i32)
     (local $r i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $p i32) (local $xp i32) (local $ahead i32) (local $step i32)
+    (local $off i32) (local $bs i32) (local $ts i32)
     (local $p1 i32) (local $p2 i32) (local $p3 i32) (local $xend8 i32)
     (local $v v128) (local $a v128) (local $b v128) (local $xe v128) (local $xo v128) (local $touch v128)
     ${accs.map((a) => `(local ${a} v128)`).join(' ')} (local $o0 v128)
@@ -108,9 +116,15 @@ function gemv(d: DType): string {
         (i32.and (i32.lt_u (local.get $rb) (i32.const 4096))
           (i32.le_u (i32.add (local.get $r) (i32.const 8)) (local.get $r1)))))
       (local.set $step (select (i32.const ${32 * s}) (i32.const 0) (i32.ne (local.get $ahead) (local.get $p))))
-      (local.set $p1 (i32.add (local.get $p) (local.get $rb)))
-      (local.set $p2 (i32.add (local.get $p1) (local.get $rb)))
-      (local.set $p3 (i32.add (local.get $p2) (local.get $rb)))
+      ;; A row group below rq is stored as quads (see the header): one stream, the four rows'
+      ;; 8-blocks side by side, then their K mod 8 tails one after another; else row-major.
+      (if (i32.le_u (i32.add (local.get $r) (i32.const 4)) (local.get $rq))
+        (then (local.set $off (i32.const ${8 * s})) (local.set $bs (i32.const ${32 * s}))
+          (local.set $ts (i32.mul (i32.sub (local.get $K) (local.get $K8)) (i32.const ${s}))))
+        (else (local.set $off (local.get $rb)) (local.set $bs (i32.const ${8 * s})) (local.set $ts (local.get $rb))))
+      (local.set $p1 (i32.add (local.get $p) (local.get $off)))
+      (local.set $p2 (i32.add (local.get $p1) (local.get $off)))
+      (local.set $p3 (i32.add (local.get $p2) (local.get $off)))
       (local.set $xp (local.get $x))
       ;; 8 columns an iteration: four row pointers and x, no index arithmetic. (Unrolled
       ;; further, V8 hoists all the loads and spills accumulators to the stack.) Two copies
@@ -121,7 +135,7 @@ function gemv(d: DType): string {
       ;; the K mod 8 tail, natural order; $p points at row 0's tail
       (block $td (loop $tl
         (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
-        ${rows.map((r) => `(local.set $s${r} (f32.add (local.get $s${r}) (f32.mul ${load1(d, `(i32.add (local.get $p) (i32.mul (local.get $rb) (i32.const ${r})))`)} (f32.load (local.get $xp)))))`).join('\n        ')}
+        ${rows.map((r) => `(local.set $s${r} (f32.add (local.get $s${r}) (f32.mul ${load1(d, `(i32.add (local.get $p) (i32.mul (local.get $ts) (i32.const ${r})))`)} (f32.load (local.get $xp)))))`).join('\n        ')}
         (local.set $p (i32.add (local.get $p) (i32.const ${s})))
         (local.set $xp (i32.add (local.get $xp) (i32.const 4)))
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
@@ -162,34 +176,56 @@ function gemv(d: DType): string {
 }
 
 /**
- * Widens `n` rows of K stored elements (row i at w + i·rb bytes) to float32 at `out`, row
- * after row, in the order the permuted x expects (8-blocks split even/odd, natural tail):
- * then a float32 dot product of a widened row with the permuted x is the row's dot
+ * Widens columns [k0, k0 + c) of rows r … r + n − 1 of a [rows, K] weight at w (rows below
+ * rq stored as quads, see gemv; the rest row-major) to float32 at `out`, row after row
+ * (c floats each), in the order the permuted x expects (8-blocks split even/odd, natural
+ * tail): then a float32 dot product of a widened row with the permuted x is the row's dot
  * product with x. The matrix-matrix product widens a panel of rows, one K chunk at a time.
  */
 function widen(d: DType): string {
   if (d === 'f32') return '';
   const s = SIZE[d];
   return `
-  (func $widen_${d} (param $w i32) (param $out i32) (param $n i32) (param $K i32) (param $rb i32)
-    (local $i i32) (local $k i32) (local $K8 i32) (local $p i32) (local $q i32) (local $v v128) (local $a v128) (local $b v128)
+  (func $widen_${d} (param $w i32) (param $r i32) (param $k0 i32) (param $out i32) (param $n i32) (param $c i32) (param $K i32)
+      (param $rq i32)
+    (local $i i32) (local $k i32) (local $K8 i32) (local $c8 i32) (local $row i32) (local $base i32) (local $p i32) (local $bs i32)
+    (local $tp i32) (local $q i32) (local $v v128) (local $a v128) (local $b v128)
     (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
+    ;; the chunk's columns in whole 8-blocks (chunks start on a block; only the last holds a tail)
+    (local.set $c8 (i32.sub (select (local.get $K8) (i32.add (local.get $k0) (local.get $c))
+      (i32.gt_u (i32.add (local.get $k0) (local.get $c)) (local.get $K8))) (local.get $k0)))
     (local.set $q (local.get $out))
     (block $rd (loop $rl
       (br_if $rd (i32.ge_u (local.get $i) (local.get $n)))
-      (local.set $p (i32.add (local.get $w) (i32.mul (local.get $i) (local.get $rb))))
+      (local.set $row (i32.add (local.get $r) (local.get $i)))
+      ;; row's first element of the chunk ($p), block step ($bs) and tail ($tp, element K8)
+      (if (i32.lt_u (local.get $row) (local.get $rq))
+        (then
+          (local.set $base (i32.add (local.get $w) (i32.mul (i32.and (local.get $row) (i32.const -4)) (i32.mul (local.get $K) (i32.const ${s})))))
+          (local.set $p (i32.add (local.get $base) (i32.add (i32.mul (local.get $k0) (i32.const ${4 * s}))
+            (i32.mul (i32.and (local.get $row) (i32.const 3)) (i32.const ${8 * s})))))
+          (local.set $bs (i32.const ${32 * s}))
+          (local.set $tp (i32.add (local.get $base) (i32.add (i32.mul (local.get $K8) (i32.const ${4 * s}))
+            (i32.mul (i32.and (local.get $row) (i32.const 3)) (i32.mul (i32.sub (local.get $K) (local.get $K8)) (i32.const ${s})))))))
+        (else
+          (local.set $base (i32.add (local.get $w) (i32.mul (local.get $row) (i32.mul (local.get $K) (i32.const ${s})))))
+          (local.set $p (i32.add (local.get $base) (i32.mul (local.get $k0) (i32.const ${s}))))
+          (local.set $bs (i32.const ${8 * s}))
+          (local.set $tp (i32.add (local.get $base) (i32.mul (local.get $K8) (i32.const ${s}))))))
       (local.set $k (i32.const 0))
       (block $kd (loop $kl
-        (br_if $kd (i32.ge_u (local.get $k) (local.get $K8)))
+        (br_if $kd (i32.ge_u (local.get $k) (local.get $c8)))
         ${load8(d, '(local.get $p)', '$a', '$b')}
         (v128.store (local.get $q) (local.get $a))
         (v128.store offset=16 (local.get $q) (local.get $b))
-        (local.set $p (i32.add (local.get $p) (i32.const ${8 * s})))
+        (local.set $p (i32.add (local.get $p) (local.get $bs)))
         (local.set $q (i32.add (local.get $q) (i32.const 32)))
         (local.set $k (i32.add (local.get $k) (i32.const 8)))
         (br $kl)))
+      ;; the tail: columns k0 + c8 … k0 + c, all at or past K8
+      (local.set $p (i32.add (local.get $tp) (i32.mul (i32.sub (i32.add (local.get $k0) (local.get $c8)) (local.get $K8)) (i32.const ${s}))))
       (block $td (loop $tl
-        (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
+        (br_if $td (i32.ge_u (local.get $k) (local.get $c)))
         (f32.store (local.get $q) ${load1(d, '(local.get $p)')})
         (local.set $p (i32.add (local.get $p) (i32.const ${s})))
         (local.set $q (i32.add (local.get $q) (i32.const 4)))
@@ -221,7 +257,7 @@ const sums4 = (a: string, b: string, c: string, d: string, into: string) => `(lo
  * Register tile: 4 rows × 2 tokens = 8 accumulators. For each pair of tokens the tile
  * runs over every row group of the panel, so the pair's x is fetched once per panel rather
  * than once per 4 rows (for short rows this measured the same as 4-row groups on one
- * thread; the panels and K chunks pay off for rows past 4096, see matmul.ts).
+ * thread; the panels and K chunks pay off for rows past 1024, see matmul.ts).
  */
 const PANEL = () => `
   (func $panel (param $wf i32) (param $wb i32) (param $np i32) (param $r0 i32) (param $x i32) (param $xs i32)
@@ -357,7 +393,8 @@ const PANEL = () => `
  * of `kc` columns (a multiple of 8, so the permuted 8-blocks of x stay whole), tokens in
  * blocks of `tb`, rows in panels of `P`: so the block of x (tb · kc floats) stays in L2
  * beside the panel, which 2-byte weights are widened into (`scratch`, P · kc floats) once
- * per (chunk, token block). Later chunks add into Y.
+ * per (chunk, token block). Later chunks add into Y. Rows below `rq` are quads (see gemv;
+ * 2-byte weights only, the f32 kernel ignores it).
  */
 function gemm(d: DType): string {
   const s = SIZE[d];
@@ -365,14 +402,13 @@ function gemm(d: DType): string {
     ? `(call $panel (i32.add (local.get $w) (i32.add (i32.mul (local.get $r) (local.get $rb)) (i32.shl (local.get $k0) (i32.const 2))))
             (local.get $rb) (local.get $np) (local.get $r) (i32.add (local.get $x) (i32.shl (local.get $k0) (i32.const 2))) (local.get $xs)
             (local.get $t0) (local.get $t1) (local.get $c) (local.get $y) (local.get $ldy) (local.get $k0))`
-    : `(call $widen_${d} (i32.add (local.get $w) (i32.add (i32.mul (local.get $r) (local.get $rb)) (i32.mul (local.get $k0) (i32.const ${s}))))
-            (local.get $scratch) (local.get $np) (local.get $c) (local.get $rb))
+    : `(call $widen_${d} (local.get $w) (local.get $r) (local.get $k0) (local.get $scratch) (local.get $np) (local.get $c) (local.get $K) (local.get $rq))
           (call $panel (local.get $scratch) (i32.shl (local.get $c) (i32.const 2)) (local.get $np) (local.get $r)
             (i32.add (local.get $x) (i32.shl (local.get $k0) (i32.const 2))) (local.get $xs)
             (local.get $t0) (local.get $t1) (local.get $c) (local.get $y) (local.get $ldy) (local.get $k0))`;
   return `
   (func $gemm_${d} (export "gemm_${d}") (param $w i32) (param $x i32) (param $y i32) (param $r0 i32) (param $r1 i32)
-      (param $K i32) (param $T i32) (param $ldy i32) (param $tb i32) (param $scratch i32) (param $kc i32) (param $P i32)
+      (param $K i32) (param $T i32) (param $ldy i32) (param $tb i32) (param $scratch i32) (param $kc i32) (param $P i32) (param $rq i32)
     (local $k0 i32) (local $c i32) (local $t0 i32) (local $t1 i32) (local $r i32) (local $np i32) (local $rb i32) (local $xs i32)
     (local.set $rb (i32.mul (local.get $K) (i32.const ${s})))
     (local.set $xs (i32.shl (local.get $K) (i32.const 2)))
@@ -1139,6 +1175,61 @@ const NONFINITE = `
       (i32x4.splat (local.get $flag))))
   )`;
 
+/**
+ * Rearranges `rows` (a multiple of 4) row-major rows of K 2-byte elements at p, in place, into
+ * quads (see gemv), group by group through `tmp` (4 · K · 2 bytes): what the loader does to
+ * a bf16 or f16 projection once it is read.
+ */
+const QUADS = `
+  (func $quads (export "quads") (param $p i32) (param $rows i32) (param $K i32) (param $tmp i32)
+    (local $g i32) (local $gb i32) (local $i i32) (local $k i32) (local $K8 i32) (local $rb i32) (local $e i32) (local $d i32) (local $s i32)
+    (local.set $K8 (i32.and (local.get $K) (i32.const -8)))
+    (local.set $rb (i32.shl (local.get $K) (i32.const 1)))
+    (block $gd (loop $gl
+      (br_if $gd (i32.ge_u (local.get $g) (local.get $rows)))
+      (local.set $gb (i32.add (local.get $p) (i32.mul (local.get $g) (local.get $rb))))
+      ;; the group's four rows to tmp: 16 bytes at a time, then the bytes left
+      (local.set $e (i32.shl (local.get $rb) (i32.const 2)))
+      (local.set $k (i32.const 0))
+      (block $cd (loop $cl
+        (br_if $cd (i32.gt_u (i32.add (local.get $k) (i32.const 16)) (local.get $e)))
+        (v128.store (i32.add (local.get $tmp) (local.get $k)) (v128.load (i32.add (local.get $gb) (local.get $k))))
+        (local.set $k (i32.add (local.get $k) (i32.const 16)))
+        (br $cl)))
+      (block $bd (loop $bl
+        (br_if $bd (i32.ge_u (local.get $k) (local.get $e)))
+        (i32.store8 (i32.add (local.get $tmp) (local.get $k)) (i32.load8_u (i32.add (local.get $gb) (local.get $k))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $bl)))
+      ;; back as quads: block k of rows 0-3 side by side, then the four tails
+      (local.set $d (local.get $gb))
+      (local.set $k (i32.const 0))
+      (block $qd (loop $ql
+        (br_if $qd (i32.ge_u (local.get $k) (local.get $K8)))
+        (local.set $s (i32.add (local.get $tmp) (i32.shl (local.get $k) (i32.const 1))))
+        (v128.store (local.get $d) (v128.load (local.get $s)))
+        (v128.store offset=16 (local.get $d) (v128.load (i32.add (local.get $s) (local.get $rb))))
+        (v128.store offset=32 (local.get $d) (v128.load (i32.add (local.get $s) (i32.shl (local.get $rb) (i32.const 1)))))
+        (v128.store offset=48 (local.get $d) (v128.load (i32.add (local.get $s) (i32.mul (local.get $rb) (i32.const 3)))))
+        (local.set $d (i32.add (local.get $d) (i32.const 64)))
+        (local.set $k (i32.add (local.get $k) (i32.const 8)))
+        (br $ql)))
+      (local.set $i (i32.const 0))
+      (block $id (loop $il
+        (br_if $id (i32.ge_u (local.get $i) (i32.const 4)))
+        (local.set $k (local.get $K8))
+        (block $td (loop $tl
+          (br_if $td (i32.ge_u (local.get $k) (local.get $K)))
+          (i32.store16 (local.get $d) (i32.load16_u (i32.add (local.get $tmp) (i32.add (i32.mul (local.get $i) (local.get $rb)) (i32.shl (local.get $k) (i32.const 1))))))
+          (local.set $d (i32.add (local.get $d) (i32.const 2)))
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (br $tl)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $il)))
+      (local.set $g (i32.add (local.get $g) (i32.const 4)))
+      (br $gl)))
+  )`;
+
 function kernelsWat(relaxed: boolean): string {
   RELAXED = relaxed;
   return `(module
@@ -1156,6 +1247,7 @@ function kernelsWat(relaxed: boolean): string {
   ${FLOPS()}
   ${READ}
   ${NONFINITE}
+  ${QUADS}
 )`;
 }
 

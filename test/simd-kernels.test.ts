@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { kernelVariant, WeightMemory } from '../src/kernels/simd/arena.js';
-import { matmul, DTYPE_BYTES, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
+import { matmul, productAt, DTYPE_BYTES, toQuads, type StoredMatrix, type WeightDType } from '../src/kernels/simd/matmul.js';
+import { closeKernelPool, setParallelThreshold, setThreads } from '../src/kernels/simd/pool.js';
 import { halfToFloat } from '../src/io/safetensors.js';
 
 /** Deterministic values in [-1, 1). */
@@ -81,6 +82,67 @@ describe.each(['bf16', 'f16', 'f32'] as const)('%s kernels', (dtype) => {
     const y = matmul(x, T, m);
     // float32 accumulation of `cols` products of size ≤ 1: error grows like cols · 2^-24.
     expect(maxErr(y, reference(values, rows, cols, x, T))).toBeLessThan(cols * 2 ** -22 + 1e-6);
+  });
+});
+
+/** Where element (r, k) of a [rows, K] weight stored as quads lies, in elements (the layout of matmul.ts). */
+function quadIndex(r: number, k: number, rows: number, K: number): number {
+  const K8 = K & ~7;
+  if (r >= (rows & ~3)) return r * K + k; // the last rows mod 4: row-major
+  const group = (r & ~3) * K; // a group takes the place of its four rows
+  return k < K8 ? group + (k >> 3) * 32 + (r & 3) * 8 + (k & 7) : group + 4 * K8 + (r & 3) * (K - K8) + (k - K8);
+}
+
+describe('weights stored as quads (2-byte projections, as the loader stores them)', () => {
+  it('the rearrangement puts every element where the layout says, rows and K of every remainder', () => {
+    for (const [rows, K] of [[4, 8], [9, 21], [13, 40], [8, 3], [6, 1037]] as const) {
+      const mem = new WeightMemory();
+      const { m } = store(mem, rows, K, 'bf16', rows * 100 + K);
+      const before = m.arena.bytes(m.ptr, 2 * rows * K).slice();
+      const q = toQuads(m);
+      expect(q.quads).toBe(true);
+      const b16 = new Uint16Array(before.buffer);
+      const after = new Uint16Array(q.arena.memory.buffer, q.ptr, rows * K);
+      const moved: number[] = [];
+      for (let r = 0; r < rows; r++) for (let k = 0; k < K; k++) if (after[quadIndex(r, k, rows, K)] !== b16[r * K + k]) moved.push(r * K + k);
+      expect(moved).toEqual([]);
+      mem.dispose();
+    }
+  });
+
+  it('refuses f32 weights, and a row range that cuts a group of four', () => {
+    const mem = new WeightMemory();
+    expect(() => toQuads(store(mem, 8, 16, 'f32', 1).m)).toThrow('toQuads: f32 weights stay row-major');
+    const { m } = store(mem, 12, 16, 'bf16', 2);
+    const q = toQuads(m);
+    // rows [2, 12) or [0, 6) would start or end mid-group
+    expect(() => productAt(q, q.arena.x, 1, 2, 12, q.arena.y, 12)).toThrow('matmul: rows [2, 12) cut a group of four of a weight stored as quads');
+    expect(() => productAt(q, q.arena.x, 3, 0, 6, q.arena.y, 12)).toThrow('matmul: rows [0, 6) cut a group of four of a weight stored as quads');
+    mem.dispose();
+  });
+
+  describe.each(['bf16', 'f16'] as const)('%s', (dtype) => {
+    it.each([1, 2, 3])('matrix-vector and matrix-matrix products equal the row-major ones bit for bit, at every shape (%i threads)', (threads) => {
+      setThreads(threads);
+      setParallelThreshold(0); // every product through the pool, however small
+      try {
+        for (const [rows, cols, T] of SHAPES) {
+          const mem = new WeightMemory();
+          const seed = rows * 7919 + cols * 31 + T;
+          const plain = store(mem, rows, cols, dtype, seed).m;
+          const quads = toQuads(store(mem, rows, cols, dtype, seed).m);
+          const rand = rng(cols + 1);
+          const x = Float32Array.from({ length: T * cols }, rand);
+          for (const n of new Set([1, T])) {
+            expect(matmul(x.subarray(0, n * cols), n, quads), `[${rows} × ${cols}] × ${n}`).toEqual(matmul(x.subarray(0, n * cols), n, plain));
+          }
+          mem.dispose();
+        }
+      } finally {
+        setParallelThreshold(2 ** 17);
+        closeKernelPool();
+      }
+    });
   });
 });
 

@@ -19,7 +19,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { disposeLinear, gatherRows, keepLinear, linearBytes, makeLinear, rowBlocks, storedLinear, type KernelsName, type Linear, type StoredLinear } from '../kernels/linear.js';
 import { WeightMemory } from '../kernels/simd/arena.js';
-import { DTYPE_BYTES, type WeightDType } from '../kernels/simd/matmul.js';
+import { DTYPE_BYTES, toQuads, type StoredMatrix, type WeightDType } from '../kernels/simd/matmul.js';
 import type { AttentionWeights } from './attention.js';
 import type { ModelConfig } from './config.js';
 import type { FeedForwardWeights } from './feedforward.js';
@@ -282,7 +282,10 @@ export class ModelWeights {
     }
     this.checkedFinite.add(name);
     this.bytesRead += bytes;
-    const l = storedLinear({ ...a, rows: shape[0]!, cols: shape[1]!, dtype });
+    const m: StoredMatrix = { arena: a.arena, ptr: a.ptr, rows: shape[0]!, cols: shape[1]!, dtype };
+    // Projections of 2-byte weights as quads, for decode's reads (matmul.ts); the embedding
+    // table stays row-major: embed() reads single rows of it.
+    const l = storedLinear(DTYPE_BYTES[dtype] === 2 && name !== 'model.embed_tokens.weight' ? toQuads(m) : m);
     this.linears.set(name, l);
     return l;
   }

@@ -13,13 +13,18 @@ import { KERNELS_WASM, KERNELS_WASM_RELAXED } from './kernels.generated.js';
 import { forgetMemory } from './pool.js';
 
 export interface KernelExports {
-  /** Returns a value folded from the touch-ahead loads (ignored; it keeps them alive). */
-  gemv_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
-  gemv_f16(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
-  gemv_f32(w: number, x: number, y: number, r0: number, r1: number, K: number): number;
-  gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
-  gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
-  gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number): void;
+  /**
+   * Rows below rq are stored as quads (see build-kernels.ts and matmul.ts's StoredMatrix).
+   * Returns a value folded from the touch-ahead loads (ignored; it keeps them alive).
+   */
+  gemv_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, rq: number): number;
+  gemv_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, rq: number): number;
+  gemv_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, rq: number): number;
+  gemm_bf16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number, rq: number): void;
+  gemm_f16(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number, rq: number): void;
+  gemm_f32(w: number, x: number, y: number, r0: number, r1: number, K: number, T: number, ldy: number, tb: number, scratch: number, kc: number, panel: number, rq: number): void;
+  /** Rearranges `rows` (a multiple of 4) row-major rows of K 2-byte elements at p into quads, through tmp (8·K bytes). */
+  quads(p: number, rows: number, K: number, tmp: number): void;
   /**
    * Fused attention over units (token, kv head) [u0, u1), in blocks of `block` keys, over the
    * first S of each kv head's rows, which start `headRows` rows apart: see build-kernels.ts.
@@ -232,9 +237,11 @@ export class WeightMemory {
 
   /** Gives `a` (of `bytes` bytes) back for a later alloc of the same size. */
   free(a: Allocation, bytes: number): void {
+    // the place only: `a` may be a matrix, whose shape and layout the next tensor does not share
+    const place: Allocation = { arena: a.arena, ptr: a.ptr };
     const list = this.freed.get(bytes);
-    if (list === undefined) this.freed.set(bytes, [a]);
-    else list.push(a);
+    if (list === undefined) this.freed.set(bytes, [place]);
+    else list.push(place);
   }
 
   /** Bytes reserved in every arena, scratch included (freed allocations count: memories cannot shrink). */

@@ -41,7 +41,8 @@ const SCRATCH = ROWS + 2 * 64; // SCRATCH + i: widen scratch of participant i
 const ARGS = SCRATCH + 64; // attend: its 15 arguments before the unit range (the 13th, √D, as float32 bits); SCRATCH + i is its scratch
 // (the elementwise kernels: their integer arguments before the row range)
 const EPS = (ARGS + 16) / 2; // rmsnorm's eps, as a float64 (index into the block as Float64Array)
-const SLOTS = ARGS + 18;
+const RQ = ARGS + 18; // gemv, gemm: rows stored as quads (matmul.ts)
+const SLOTS = ARGS + 20; // an even count: the block is also read as float64s
 
 export const OPS = { gemv: 0, gemm: 1, stop: 2, read: 3, flops: 4, attend: 5, rmsnorm: 6, swiglu: 7, addrows: 8, rope: 9 } as const;
 
@@ -104,8 +105,8 @@ for (;;) {
       if (r1 > r0) {
         const d = names[c[${DTYPE}]];
         const op = c[${OP}];
-        if (op === ${OPS.gemv}) k['gemv_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}]);
-        else if (op === ${OPS.gemm}) k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index], c[${KC}], c[${PANEL}]);
+        if (op === ${OPS.gemv}) k['gemv_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${RQ}]);
+        else if (op === ${OPS.gemm}) k['gemm_' + d](c[${W}], c[${X}], c[${Y}], r0, r1, c[${K}], c[${T}], c[${LDY}], c[${TB}], c[${SCRATCH} + index], c[${KC}], c[${PANEL}], c[${RQ}]);
         else if (op === ${OPS.read}) k.read(c[${W}] + 64 * r0, 64 * (r1 - r0));
         else if (op === ${OPS.flops}) k.flops(c[${K}]);
         else if (op === ${OPS.attend}) {
@@ -161,6 +162,8 @@ export interface KernelJob {
   readonly tb?: number;
   readonly kc?: number;
   readonly panel?: number;
+  /** gemv, gemm: rows below rq are stored as quads (matmul.ts's quadRows); default 0. */
+  readonly rq?: number;
   /**
    * attend and the elementwise kernels: their arguments before the range [r0, r1) (see
    * build-kernels.ts; rmsnorm's eps apart); widenScratch(i) is participant i's scratch.
@@ -239,7 +242,7 @@ export class KernelPool {
     c[ARENA] = id;
     c[DTYPE] = DTYPE_CODES[job.dtype];
     c[W] = job.w; c[X] = job.x; c[Y] = job.y; c[K] = job.K;
-    c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0; c[KC] = job.kc ?? 0; c[PANEL] = job.panel ?? 0;
+    c[T] = job.T ?? 1; c[LDY] = job.ldy ?? 0; c[TB] = job.tb ?? 0; c[KC] = job.kc ?? 0; c[PANEL] = job.panel ?? 0; c[RQ] = job.rq ?? 0;
     c[PARTS] = parts;
     if (job.args !== undefined) {
       c.set(job.args, ARGS);
@@ -332,10 +335,10 @@ export function runShare(k: KernelExports, job: KernelJob, r0: number, r1: numbe
     k.flops(job.K);
   } else if (job.op === 'gemv') {
     const f = job.dtype === 'bf16' ? k.gemv_bf16 : job.dtype === 'f16' ? k.gemv_f16 : k.gemv_f32;
-    f(job.w, job.x, job.y, r0, r1, job.K);
+    f(job.w, job.x, job.y, r0, r1, job.K, job.rq ?? 0);
   } else {
     const f = job.dtype === 'bf16' ? k.gemm_bf16 : job.dtype === 'f16' ? k.gemm_f16 : k.gemm_f32;
-    f(job.w, job.x, job.y, r0, r1, job.K, job.T!, job.ldy!, job.tb!, scratch, job.kc!, job.panel!);
+    f(job.w, job.x, job.y, r0, r1, job.K, job.T!, job.ldy!, job.tb!, scratch, job.kc!, job.panel!, job.rq ?? 0);
   }
 }
 
