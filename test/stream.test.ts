@@ -12,7 +12,7 @@ import { MultiFileStore } from '../src/io/checkpoint.js';
 import { useBackend } from '../src/kernels/backend.js';
 import type { HookFn } from '../src/model/hooks.js';
 import { disposeResult, Transformer } from '../src/model/transformer.js';
-import type { KernelsName } from '../src/kernels/linear.js';
+import type { KernelsName, StoredLinear } from '../src/kernels/linear.js';
 import { parseHfConfig } from '../src/model/config.js';
 import { chooseResidency, estimateMemory, residencyProblem, storedStreamPlan, type Residency } from '../src/model/residency.js';
 import { runCli } from './helpers/cli.js';
@@ -233,6 +233,23 @@ describe('stream residency on the simd kernels', () => {
         m.dispose();
       }
     }
+  });
+
+  it('resident 2-byte projections are stored as quads, stream-mode ones row-major (read once, rearranging costs more than it gives)', async () => {
+    await useBackend('cpu');
+    const layouts = (weights: 'resident' | 'stream') => {
+      const m = Transformer.load(modelDir('mistral-tiny-bf16'), { weights, kernels: 'simd' });
+      try {
+        const { q, o } = m.weights.layer(0).attn as { q: StoredLinear; o: StoredLinear };
+        const { down } = m.weights.layer(0).mlp as { down: StoredLinear };
+        const head = m.weights.lmHead() as StoredLinear; // untied here; a tied head is the row-major embedding table
+        return [q, o, down, head].map((l) => l.matrix.quads === true);
+      } finally {
+        m.dispose();
+      }
+    };
+    expect(layouts('resident')).toEqual([true, true, true, true]);
+    expect(layouts('stream')).toEqual([false, false, false, false]);
   });
 
   it('plans the memory of a Mixtral 8x7B in bf16 on a 24 GiB machine', () => {

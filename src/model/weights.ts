@@ -283,9 +283,12 @@ export class ModelWeights {
     this.checkedFinite.add(name);
     this.bytesRead += bytes;
     const m: StoredMatrix = { arena: a.arena, ptr: a.ptr, rows: shape[0]!, cols: shape[1]!, dtype };
-    // Projections of 2-byte weights as quads, for decode's reads (matmul.ts); the embedding
-    // table stays row-major: embed() reads single rows of it.
-    const l = storedLinear(DTYPE_BYTES[dtype] === 2 && name !== 'model.embed_tokens.weight' ? toQuads(m) : m);
+    // Resident projections of 2-byte weights as quads, for decode's reads (matmul.ts). Not
+    // the embedding table (embed() reads single rows of it), and not in stream mode: there a
+    // tensor is read for one use, and the extra pass over its bytes cost more than the faster
+    // reads gave back (Mixtral's 2-layer slice, two threads: 4.36 → 2.95 tok/s).
+    const quads = this.residency === 'resident' && DTYPE_BYTES[dtype] === 2 && name !== 'model.embed_tokens.weight';
+    const l = storedLinear(quads ? toQuads(m) : m);
     this.linears.set(name, l);
     return l;
   }

@@ -18,8 +18,9 @@ export const DTYPE_BYTES: Readonly<Record<WeightDType, number>> = { bf16: 2, f16
  * group of four rows as one stream, their 8-element blocks side by side and then their
  * tails (the last rows mod 4 stay row-major; see build-kernels.ts's gemv). A decode step
  * then reads one stream per four rows instead of four a row apart, which on the hosts
- * measured fetches rows from memory 1.4–1.7 × as fast. The loader stores projections so
- * (weights.ts); the embedding table, read a row at a time, stays row-major.
+ * measured fetches rows from memory 1.4–1.7 × as fast. The loader stores resident
+ * projections so (weights.ts); the embedding table, read a row at a time, and stream mode's
+ * tensors, read for one use, stay row-major.
  */
 export interface StoredMatrix extends Allocation {
   readonly rows: number;
