@@ -1042,13 +1042,6 @@ const SWIGLU = () => {
 };
 
 /**
- * Rotate-half RoPE in place, as fused.ts's ropeInPlace rounds it: for tokens [r0, r1) of x
- * (token t's row at x + 4·t·ld bytes), its first `heads` heads of D floats, with the angles'
- * rows cos, sin [T, D] (both halves): x[i] = a·cos[i] − b·sin[i] and x[i + D/2] =
- * b·cos[i + D/2] + a·sin[i + D/2] for a = x[i], b = x[i + D/2]; a product and a sum each
- * rounded to float32 (no multiply-add: a fused one would round once). D must be even.
- */
-/**
  * RoPE's loop over the bytes [$i, end) of a head's first half at $p, four lanes (`f32x4`) or
  * one (`f32`) at a time: a = x[i], b = x[i + D/2] → a·cos − b·sin, b·cos' + a·sin'.
  */
@@ -1068,6 +1061,13 @@ function rotateHalves(v: 'f32x4' | 'f32', end: string): string {
           (br $${L}l)))`;
 }
 
+/**
+ * Rotate-half RoPE in place, as fused.ts's ropeInPlace rounds it: for tokens [r0, r1) of x
+ * (token t's row at x + 4·t·ld bytes), its first `heads` heads of D floats, with the angles'
+ * rows cos, sin [T, D] (both halves): x[i] = a·cos[i] − b·sin[i] and x[i + D/2] =
+ * b·cos[i + D/2] + a·sin[i + D/2] for a = x[i], b = x[i + D/2]; a product and a sum each
+ * rounded to float32 (no multiply-add: a fused one would round once). D must be even.
+ */
 const ROPE = `
   (func $rope (export "rope") (param $x i32) (param $cos i32) (param $sin i32) (param $ld i32) (param $heads i32) (param $D i32)
       (param $r0 i32) (param $r1 i32)
