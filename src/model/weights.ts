@@ -29,6 +29,9 @@ import { expectedTensors } from './schema.js';
 import type { MoeWeights } from './moe.js';
 import type { Residency } from './residency.js';
 
+/** The embedding table: read a row at a time (embed()), the unembedding too when tied. */
+const EMBED = 'model.embed_tokens.weight';
+
 export interface LayerWeights {
   readonly inputNorm: tf.Tensor1D;
   readonly postNorm: tf.Tensor1D;
@@ -105,16 +108,15 @@ export class ModelWeights {
   /** Embedding rows of `ids`: [tokens, hidden]. Stream mode reads just those rows. */
   embed(ids: readonly number[]): tf.Tensor2D {
     const H = this.config.hiddenSize;
-    const name = 'model.embed_tokens.weight';
-    if (this.residency === 'eager') return gatherRows(this.table(name, this.config.vocabSize, H), ids);
+    if (this.residency === 'eager') return gatherRows(this.table(EMBED, this.config.vocabSize, H), ids);
     if (this.residency === 'resident') {
-      const { matrix } = this.linears.get(name) as StoredLinear;
+      const { matrix } = this.linears.get(EMBED) as StoredLinear;
       const rows = new Float32Array(ids.length * H);
       ids.forEach((id, t) => widenRow(matrix.arena.memory.buffer, matrix.ptr + id * H * DTYPE_BYTES[matrix.dtype], H, matrix.dtype, rows.subarray(t * H, (t + 1) * H)));
       return tf.tensor2d(rows, [ids.length, H]);
     }
     const rows = new Float32Array(ids.length * H);
-    ids.forEach((id, t) => rows.set(this.read(name, id * H, H), t * H));
+    ids.forEach((id, t) => rows.set(this.read(EMBED, id * H, H), t * H));
     return tf.tensor2d(rows, [ids.length, H]);
   }
 
@@ -160,7 +162,7 @@ export class ModelWeights {
 
   /** Unembedding [vocab, hidden] (the embedding table when tied). */
   lmHead(): Linear {
-    return this.config.tieWordEmbeddings ? this.linear('model.embed_tokens.weight') : this.linear('lm_head.weight');
+    return this.config.tieWordEmbeddings ? this.linear(EMBED) : this.linear('lm_head.weight');
   }
 
   /** Stream mode: frees layer l's tensors, but for cached experts and kept shared ones (no-op otherwise). */
@@ -234,7 +236,7 @@ export class ModelWeights {
   /** Eager mode: every tensor as a float32 tf tensor, now. */
   private loadEager(): void {
     const c = this.config;
-    this.table('model.embed_tokens.weight', c.vocabSize, c.hiddenSize);
+    this.table(EMBED, c.vocabSize, c.hiddenSize);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.layer(l);
       if (w.moe) for (let e = 0; e < w.moe.numExperts; e++) w.moe.expert(e);
@@ -258,7 +260,7 @@ export class ModelWeights {
       loaded += linearBytes(this.store(name));
       onProgress?.(loaded);
     }
-    if (c.tieWordEmbeddings) this.linears.set('lm_head.weight', this.linears.get('model.embed_tokens.weight')!);
+    if (c.tieWordEmbeddings) this.linears.set('lm_head.weight', this.linears.get(EMBED)!);
   }
 
   /** Reads projection `name` at its stored width into kernel memory. */
@@ -287,7 +289,7 @@ export class ModelWeights {
     // the embedding table (embed() reads single rows of it), and not in stream mode: there a
     // tensor is read for one use, and the extra pass over its bytes cost more than the faster
     // reads gave back (Mixtral's 2-layer slice, two threads: 4.36 → 2.95 tok/s).
-    const quads = this.residency === 'resident' && DTYPE_BYTES[dtype] === 2 && name !== 'model.embed_tokens.weight';
+    const quads = this.residency === 'resident' && DTYPE_BYTES[dtype] === 2 && name !== EMBED;
     const l = storedLinear(quads ? toQuads(m) : m);
     this.linears.set(name, l);
     return l;
@@ -347,7 +349,7 @@ export class ModelWeights {
   private linear(name: string): Linear {
     if (this.residency === 'resident') {
       // Tied embeddings: the unembedding is the table itself, stored once.
-      const key = name === 'model.embed_tokens.weight' && this.config.tieWordEmbeddings ? 'lm_head.weight' : name;
+      const key = name === EMBED && this.config.tieWordEmbeddings ? 'lm_head.weight' : name;
       return this.linears.get(key)!;
     }
     let l = this.linears.get(name);
