@@ -104,6 +104,30 @@ describe('golden parity with threads on', () => {
   });
 });
 
+describe('wake-ups', () => {
+  it('a late wake-up for a job the workers have done runs nothing again', () => {
+    setParallelThreshold(0);
+    setThreads(2);
+    const mem = new WeightMemory();
+    const m = randomMatrix(mem, 64, 64, 'bf16', 3);
+    const pool = kernelPool()!;
+    const { arena } = m;
+    arena.floats(arena.x, 64).fill(1);
+    pool.run(arena, { op: 'gemv', dtype: 'bf16', w: m.ptr, x: arena.x, y: arena.y, r0: 0, r1: 64, K: 64 });
+    const y = arena.floats(arena.y, 64);
+    expect(y.every((v) => v !== 0)).toBe(true);
+    y.fill(0);
+    // Past the workers' spin they sleep; a wake-up now is one whose job was done (the caller
+    // can be descheduled between publishing a job and waking the workers). A worker that took
+    // it for a job would compute its rows again and count itself done twice.
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    Atomics.wait(pause, 0, 0, 100);
+    pool.wakeIdle();
+    Atomics.wait(pause, 0, 0, 200);
+    expect(y.every((v) => v === 0)).toBe(true);
+  });
+});
+
 describe('failures', () => {
   it('a worker that traps closes the pool with a typed error, and the next product gets a new pool', () => {
     setParallelThreshold(0);

@@ -93,7 +93,14 @@ for (;;) {
   const until = performance.now() + spinMs;
   while (Atomics.load(c, ${GEN}) === seen && performance.now() < until);
   Atomics.wait(c, ${GEN}, seen);
-  seen = Atomics.load(c, ${GEN});
+  // A wake-up may belong to a job done already: the caller can be descheduled between
+  // publishing a job and waking the workers, and by the time it wakes them a fast worker
+  // has done the job and gone back to sleep. Taken for a job, it would run that job again
+  // and count itself done twice, and the next job would return while its rows were still
+  // being written (wrong results, rarely, with more threads than free cores).
+  const gen = Atomics.load(c, ${GEN});
+  if (gen === seen) continue;
+  seen = gen;
   if (c[${OP}] === ${OPS.stop}) break;
   try {
     drain();
@@ -283,6 +290,14 @@ export class KernelPool {
       this.close();
       throw new PoolError('a kernel worker failed (see the line above); the thread pool is closed');
     }
+  }
+
+  /**
+   * Wakes sleeping workers without a new job, as a wake-up meant for a job they have done
+   * already can (see the worker's loop): they must go back to sleep. For the tests.
+   */
+  wakeIdle(): void {
+    Atomics.notify(this.control, GEN);
   }
 
   get isClosed(): boolean {
