@@ -107,6 +107,7 @@ const OUT = fileURLToPath(new URL('./out', import.meta.url));
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const GB = 1e9;
 const log = (s: string) => process.stderr.write(`[speed] ${s}\n`);
+const nThreads = (n: number) => `${n} thread${n > 1 ? 's' : ''}`;
 
 // ── workloads ────────────────────────────────────────────────────────────────────────────
 
@@ -441,7 +442,7 @@ async function runWorkload(w: Workload, threadCounts: readonly number[]): Promis
       let decodeFileBytes = 0;
       let decodeTokens = 0;
       for (let rep = 0; rep < w.reps; rep++) {
-        const of = `${threads} thread${threads > 1 ? 's' : ''}${w.reps > 1 ? `, run ${rep + 1}/${w.reps}` : ''}`;
+        const of = `${nThreads(threads)}${w.reps > 1 ? `, run ${rep + 1}/${w.reps}` : ''}`;
         const short = w.decodeOnlyAfter ?? 64;
         log(`${w.name}: prefill ${short}, then ${w.decode} tokens (${of})`);
         const a = await timeGenerate(model, promptOf(short, c.vocabSize), w.decode);
@@ -503,11 +504,11 @@ async function runWorkload(w: Workload, threadCounts: readonly number[]): Promis
 
 const started = performance.now();
 await useBackend(backend);
-const describeProbe = (p: Probe) => `${p.threads} thread${p.threads > 1 ? 's' : ''} read ${(p.read / GB).toFixed(1)} GB/s, SIMD ${(p.flops / 1e9).toFixed(1)} GFLOP/s`;
+const describeProbe = (p: Probe) => `${nThreads(p.threads)} read ${(p.read / GB).toFixed(1)} GB/s, SIMD ${(p.flops / 1e9).toFixed(1)} GFLOP/s`;
 /** The read and arithmetic probes on each thread count. */
 function measureProbes(when: string): Probe[] {
   return threadCounts.map((threads) => {
-    log(`measuring the memory read rate and SIMD arithmetic on ${threads} thread${threads > 1 ? 's' : ''} (${when})`);
+    log(`measuring the memory read rate and SIMD arithmetic on ${nThreads(threads)} (${when})`);
     const p = { threads, read: measureReadRate(threads), flops: measureSimdFlops(threads) };
     log(describeProbe(p));
     return p;
@@ -576,7 +577,7 @@ for (const r of rows.filter((x) => x.full)) {
 }
 for (const r of rows.filter((x) => x.experts)) {
   const e = r.experts!;
-  console.log(`\n${r.workload} (${r.threads} thread${r.threads > 1 ? 's' : ''}): expert cache hit rate ${(100 * e.hitRate).toFixed(0)}% ` +
+  console.log(`\n${r.workload} (${nThreads(r.threads)}): expert cache hit rate ${(100 * e.hitRate).toFixed(0)}% ` +
     `(budget ${(e.budgetBytes / GB).toFixed(1)} GB); decode reads ${(e.fileBytesPerToken / GB).toFixed(2)} GB a token from the files, ` +
     `which read at ${(e.readBytesPerSecond / GB).toFixed(2)} GB/s: limit ${speed(e.fileLimit)} tok/s, decode at ${(100 * e.fileFraction).toFixed(0)}% of it`);
 }
